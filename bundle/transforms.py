@@ -1,0 +1,215 @@
+"""Input transforms of the bundle: label-map validation and remapping, the x' intensity mapping (eq. 12) and the
+teeth masking of stage 2 (eqs. 13-15).
+
+MONAI has no transform that checks a segmentation is a valid label map of a given convention, maps label values to
+the paper's intensities, or builds the dilated teeth mask; everything else in the chains (loading, orientation,
+spacing, cropping, random cube masking) is MONAI's own and is composed in ``configs/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import torch
+import torch.nn.functional as F
+from monai.config import KeysCollection, NdarrayOrTensor
+from monai.transforms import MapTransform, Transform
+from monai.utils import convert_to_tensor, look_up_option
+from monai.utils.type_conversion import convert_to_dst_type
+
+DENTALSEGMENTATOR_LABELS = {0: "other", 1: "upper skull", 2: "mandible", 3: "upper teeth", 4: "lower teeth", 5: "canal"}
+NUM_DENTALSEGMENTATOR_LABELS = len(DENTALSEGMENTATOR_LABELS)
+
+
+def _toothfairy2_lookup() -> torch.Tensor:
+    """ToothFairy2 -> DentalSegmentator: 1 lower jawbone -> 2, 2 upper jawbone -> 1, 3-4 canals -> 5,
+    11-28 upper teeth (FDI) -> 3, 31-48 lower teeth (FDI) -> 4, every other label (pulp, implants, ...) -> 0."""
+    lookup = torch.zeros(256, dtype=torch.uint8)
+    lookup[1], lookup[2], lookup[3:5] = 2, 1, 5
+    lookup[11:29] = 3
+    lookup[31:49] = 4
+    return lookup
+
+
+REMAP_PRESETS: dict[str, torch.Tensor | None] = {
+    "dentalsegmentator": None,  # the bundle's own convention: values are checked, not changed
+    "toothfairy2": _toothfairy2_lookup(),
+}
+
+
+def source_name(img: NdarrayOrTensor) -> str:
+    """The file an image was loaded from, for error messages (MONAI keeps it in the MetaTensor's meta)."""
+    meta = getattr(img, "meta", {})
+    return str(meta.get("filename_or_obj", "<array>"))
+
+
+class ValidateLabels(Transform):
+    """Check that an image is a 3D integer label map with at least one nonzero voxel and map it to the
+    DentalSegmentator convention (0 other, 1 upper skull, 2 mandible, 3 upper teeth, 4 lower teeth, 5 canal).
+
+    Place it right after ``LoadImage`` (before channel handling), so that a 2D or 4D file is reported as such instead
+    of failing later inside a spatial transform.
+
+    Args:
+        remap_preset: ``None`` or ``"dentalsegmentator"`` accept labels 0..5 unchanged and reject anything else;
+            ``"toothfairy2"`` maps the ToothFairy2 labels (see ``_toothfairy2_lookup``).
+
+    Input: array of shape (X, Y, Z), any numeric dtype. Output: same shape and type, values in 0..5.
+    Raises ``ValueError`` naming the source file and the problem.
+    """
+
+    def __init__(self, remap_preset: str | None = None) -> None:
+        self.remap_preset = "dentalsegmentator" if remap_preset is None else remap_preset
+        self.lookup = look_up_option(self.remap_preset, REMAP_PRESETS)
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        name = source_name(img)
+        labels = convert_to_tensor(img, track_meta=False)
+        if labels.ndim != 3:
+            raise ValueError(f"{name}: expected a 3D label map, got an image of shape {tuple(labels.shape)}")
+        if labels.is_floating_point() and not torch.equal(labels, torch.round(labels)):
+            raise ValueError(f"{name}: label map has non-integer values (is it an intensity image, not a segmentation?)")
+        low, high = int(labels.min()), int(labels.max())
+        if high == 0 and low == 0:
+            raise ValueError(f"{name}: label map is empty (all voxels are 0)")
+        if low < 0:
+            raise ValueError(f"{name}: label map has negative labels (minimum {low})")
+        if self.lookup is None:
+            if high >= NUM_DENTALSEGMENTATOR_LABELS:
+                outside = torch.unique(labels[labels >= NUM_DENTALSEGMENTATOR_LABELS]).long().tolist()
+                raise ValueError(
+                    f"{name}: labels {outside[:10]} are outside 0..{NUM_DENTALSEGMENTATOR_LABELS - 1} "
+                    "(DentalSegmentator convention); pass a remap preset (e.g. 'toothfairy2') for other datasets"
+                )
+            return img
+        if high >= len(self.lookup):
+            raise ValueError(f"{name}: label {high} exceeds the '{self.remap_preset}' preset's range")
+        remapped = self.lookup[labels.to(torch.long)]
+        if not remapped.any():
+            raise ValueError(f"{name}: no '{self.remap_preset}' label of the jaw is present after remapping")
+        out, *_ = convert_to_dst_type(remapped, img, dtype=labels.dtype)
+        return out
+
+
+class ValidateLabelsd(MapTransform):
+    """Dictionary form of :class:`ValidateLabels`."""
+
+    def __init__(self, keys: KeysCollection, remap_preset: str | None = None, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.validator = ValidateLabels(remap_preset)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.validator(d[key])
+        return d
+
+
+class LabelToIntensity(Transform):
+    """Eq. 12: x' = (label + 5) / 10 for nonzero labels and 0 elsewhere (1 -> 0.6, ..., 5 -> 1.0), as float32.
+
+    The spread of nonzero labels over [0.6, 1.0], away from background 0, is what lets a one-channel VQ-GAN
+    converge where a one-hot map does not (paper, section 3.4).
+    """
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        labels = convert_to_tensor(img, track_meta=False, dtype=torch.float32)
+        intensity = torch.where(labels > 0, (labels + 5.0) / 10.0, torch.zeros((), dtype=torch.float32))
+        out, *_ = convert_to_dst_type(intensity, img, dtype=torch.float32)
+        return out
+
+
+class LabelToIntensityd(MapTransform):
+    """Dictionary form of :class:`LabelToIntensity`."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.mapper = LabelToIntensity()
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.mapper(d[key])
+        return d
+
+
+def teeth_mask(intensity: torch.Tensor, threshold: float = 0.75, kernel_size: int = 5) -> torch.Tensor:
+    """Eqs. 13-14: M = MaxPool3d(x' > threshold, kernel_size, stride 1, same padding), a float 0/1 mask.
+
+    With the default threshold M covers upper teeth, lower teeth and canal (x' = 0.8, 0.9, 1.0), dilated by
+    ``kernel_size // 2`` voxels. ``intensity`` is channel-first (C, X, Y, Z) or batched (B, C, X, Y, Z).
+    """
+    if kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be odd to keep the mask centred, got {kernel_size}")
+    seeds = (intensity > threshold).to(torch.float32)
+    batched = seeds if seeds.ndim == 5 else seeds.unsqueeze(0)
+    dilated = F.max_pool3d(batched, kernel_size=kernel_size, stride=1, padding=kernel_size // 2)
+    return dilated if seeds.ndim == 5 else dilated.squeeze(0)
+
+
+class TeethMask(Transform):
+    """Array form of :func:`teeth_mask`: (C, X, Y, Z) x' in, (C, X, Y, Z) float 0/1 mask out, meta kept."""
+
+    def __init__(self, threshold: float = 0.75, kernel_size: int = 5) -> None:
+        self.threshold = threshold
+        self.kernel_size = kernel_size
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        mask = teeth_mask(convert_to_tensor(img, track_meta=False), self.threshold, self.kernel_size)
+        out, *_ = convert_to_dst_type(mask, img)
+        return out
+
+
+class TeethMaskd(MapTransform):
+    """Dictionary form of :class:`TeethMask`; writes the mask under ``mask_key`` (the input stays as it is)."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        mask_key: str = "teeth_mask",
+        threshold: float = 0.75,
+        kernel_size: int = 5,
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        self.mask_key = mask_key
+        self.masker = TeethMask(threshold, kernel_size)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[self.mask_key] = self.masker(d[key])
+        return d
+
+
+class MaskTeeth(Transform):
+    """Eq. 15: x' * (1 - M), blanking the teeth, the canal and a ``kernel_size // 2`` voxel margin around them, so
+    that the stage-2 encoder learns to restore teeth and alveolar bone a healthy jaw would have.
+
+    Input and output: float tensor (C, X, Y, Z), values in [0, 1].
+    """
+
+    def __init__(self, threshold: float = 0.75, kernel_size: int = 5) -> None:
+        self.teeth_mask = TeethMask(threshold, kernel_size)
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        intensity = convert_to_tensor(img, track_meta=False)
+        masked = intensity * (1.0 - self.teeth_mask(intensity))
+        out, *_ = convert_to_dst_type(masked, img)
+        return out
+
+
+class MaskTeethd(MapTransform):
+    """Dictionary form of :class:`MaskTeeth`."""
+
+    def __init__(
+        self, keys: KeysCollection, threshold: float = 0.75, kernel_size: int = 5, allow_missing_keys: bool = False
+    ):
+        super().__init__(keys, allow_missing_keys)
+        self.masker = MaskTeeth(threshold, kernel_size)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.masker(d[key])
+        return d

@@ -1,0 +1,97 @@
+"""Subject classification score (method.md section 5): threshold the anomaly map, binary erosion, count voxels.
+
+The threshold removes the low differences that reflect the model's limited expressiveness, the erosion removes
+isolated voxels, and what remains is counted: the paper reports 0 for 67 of 70 normal scans (1 for the other
+three), 30 for the real patient and over 1000 for simulated lesions.
+
+Gap filled: MONAI has no anomaly-map-to-subject-score reduction. The erosion is the bundle's own flat-footprint
+erosion (:func:`bundle.postprocessing.grey_erosion`) repeated ``erosion_iterations`` times, as scipy's
+``binary_erosion(iterations=n)``; the elementary footprint is ``"ball"`` of radius 1 (the 6-connected cross, scipy's
+default) or ``"cube"`` (the 3 x 3 x 3 box of MONAI's ``erode``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import torch
+from monai.config import KeysCollection, NdarrayOrTensor
+from monai.transforms import MapTransform
+from monai.utils import convert_to_tensor
+
+from bundle.postprocessing import footprint, grey_erosion
+
+
+def _volume(anomaly_map: NdarrayOrTensor) -> torch.Tensor:
+    """The (X, Y, Z) volume of a map given as (X, Y, Z), (1, X, Y, Z) or (1, 1, X, Y, Z)."""
+    volume = convert_to_tensor(anomaly_map, track_meta=False)
+    while volume.ndim > 3 and volume.shape[0] == 1:
+        volume = volume[0]
+    if volume.ndim != 3:
+        raise ValueError(
+            f"expected one 3D anomaly map, (X, Y, Z) or with singleton channel/batch dims, got shape "
+            f"{tuple(convert_to_tensor(anomaly_map, track_meta=False).shape)}"
+        )
+    return volume
+
+
+def subject_score(
+    anomaly_map: NdarrayOrTensor,
+    threshold: float,
+    erosion_iterations: int = 1,
+    structure: str = "ball",
+) -> int:
+    """Number of voxels with ``anomaly_map >= threshold`` that survive ``erosion_iterations`` binary erosions.
+
+    Args:
+        anomaly_map: numpy array or torch tensor (X, Y, Z), (1, X, Y, Z) or (1, 1, X, Y, Z); e.g. D = (G2 - G1)^2
+            with values in [0, 1].
+        threshold: voxels at or above it are anomalous (``>=``, as MONAI's ``AsDiscrete(threshold=...)``).
+        erosion_iterations: successive erosions by the radius-1 footprint; 1 (default) removes single voxels and
+            one-voxel-thin lines, 0 counts the thresholded voxels without erosion.
+        structure: elementary footprint, ``"ball"`` (default, 6-connected cross) or ``"cube"`` (26-connected box).
+
+    Voxels outside the volume count as anomalous during the erosion (as in MONAI's ``erode``), so a lesion cut by the
+    field of view is not eroded from outside.
+    """
+    if erosion_iterations < 0:
+        raise ValueError(f"erosion_iterations must be >= 0, got {erosion_iterations}")
+    mask = (_volume(anomaly_map) >= threshold).float()
+    for _ in range(erosion_iterations):
+        if not mask.any():
+            break
+        mask = grey_erosion(mask, 1, structure)
+    return int(mask.sum().item())
+
+
+class SubjectScored(MapTransform):
+    """Writes :func:`subject_score` of each key's map under ``f"{key}{score_postfix}"`` (a python int).
+
+    Args:
+        keys: anomaly map(s), (1, X, Y, Z).
+        threshold, erosion_iterations, structure: see :func:`subject_score`.
+        score_postfix: the score's key is the map's key plus this postfix.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        threshold: float,
+        erosion_iterations: int = 1,
+        structure: str = "ball",
+        score_postfix: str = "_score",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        footprint(1, structure)
+        self.threshold = threshold
+        self.erosion_iterations = erosion_iterations
+        self.structure = structure
+        self.score_postfix = score_postfix
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor | int]:
+        d: dict[Hashable, NdarrayOrTensor | int] = dict(data)
+        for key in self.key_iterator(d):
+            score = subject_score(d[key], self.threshold, self.erosion_iterations, self.structure)
+            d[f"{key}{self.score_postfix}"] = score
+        return d

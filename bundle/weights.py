@@ -1,0 +1,59 @@
+"""Checksummed weights: the inference network refuses a ``model.pt`` whose sha256 differs from the one recorded
+beside it (``model.pt.sha256``, the ``sha256sum`` format), so a truncated download or a mixed-up file fails loudly.
+
+MONAI's ``CheckpointLoader`` loads without any integrity check and ``monai.apps.utils.check_hash`` only returns a
+bool; this module joins the two with an error that names the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checksum_path(weights: str | os.PathLike) -> Path:
+    return Path(f"{weights}.sha256")
+
+
+def write_checksum(weights: str | os.PathLike) -> str:
+    """Record the sha256 of ``weights`` in ``<weights>.sha256`` and return it."""
+    value = sha256_of(weights)
+    checksum_path(weights).write_text(f"{value}  {Path(weights).name}\n")
+    return value
+
+
+def verify_checksum(weights: str | os.PathLike) -> str:
+    """Return the sha256 of ``weights`` after checking it against ``<weights>.sha256``.
+
+    Raises ``FileNotFoundError`` when either file is missing and ``ValueError`` on a mismatch.
+    """
+    weights = Path(weights)
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: weights file not found")
+    recorded_file = checksum_path(weights)
+    if not recorded_file.is_file():
+        raise FileNotFoundError(f"{recorded_file}: checksum file not found (expected beside {weights.name})")
+    recorded = recorded_file.read_text().split()[0].lower() if recorded_file.read_text().strip() else ""
+    actual = sha256_of(weights)
+    if actual != recorded:
+        raise ValueError(f"{weights}: sha256 {actual} does not match {recorded or '<empty>'} in {recorded_file.name}")
+    return actual
+
+
+def load_verified_weights(network: torch.nn.Module, weights: str | os.PathLike) -> torch.nn.Module:
+    """Load a state dict into ``network`` after :func:`verify_checksum`; ``weights_only=True`` loading."""
+    verify_checksum(weights)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    network.load_state_dict(state)
+    return network

@@ -1,0 +1,85 @@
+"""Combine a stage-1 and a stage-2 training checkpoint into the inference weights ``models/model.pt``.
+
+The result is the state dict of ``bundle.networks.AnomalyDetector`` (stage-1 encoder, stage-2 encoder, shared
+codebook and decoder) built from ``configs/common.json#generator_def``, with its sha256 recorded beside it in
+``model.pt.sha256``. Checks that the two checkpoints share the frozen codebook and decoder bit for bit.
+
+    python scripts/package_model.py --stage1 runs/stage1/model.pt --stage2 runs/stage2/model.pt --output models/model.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from monai.bundle import ConfigParser
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bundle.networks import AnomalyDetector  # noqa: E402
+from bundle.weights import write_checksum  # noqa: E402
+
+
+def load_generator_state(path: Path, key: str) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({error})") from error
+    state = checkpoint.get(key, checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not any(k.startswith("encoder.") for k in state):
+        raise ValueError(f"{path}: no generator state dict (looked for key '{key}' or a bare state dict)")
+    return state
+
+
+def package(stage1: Path, stage2: Path, output: Path, key: str, overwrite: bool) -> str:
+    if output.exists() and not overwrite:
+        raise ValueError(f"{output}: exists; pass --overwrite to replace it")
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / "common.json"))
+    generator_1 = parser.get_parsed_content("generator_def", instantiate=True)
+    generator_2 = parser.get_parsed_content("generator_def", instantiate=True)
+    generator_1.load_state_dict(load_generator_state(stage1, key))
+    generator_2.load_state_dict(load_generator_state(stage2, key))
+    for name, tensor in {**generator_1.quantizer.state_dict(), **generator_1.decoder.state_dict()}.items():
+        other = {**generator_2.quantizer.state_dict(), **generator_2.decoder.state_dict()}[name]
+        if not torch.equal(tensor, other):
+            raise ValueError(f"{stage2}: '{name}' differs from stage 1: stage 2 must keep codebook and decoder frozen")
+    detector = AnomalyDetector.from_generators(generator_1, generator_2)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
+    os.close(handle)
+    try:
+        torch.save(detector.state_dict(), temporary)
+        os.replace(temporary, output)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return write_checksum(output)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage1", type=Path, required=True, help="stage-1 checkpoint (CheckpointSaver file)")
+    parser.add_argument("--stage2", type=Path, required=True, help="stage-2 checkpoint (CheckpointSaver file)")
+    parser.add_argument("--output", type=Path, default=ROOT / "models" / "model.pt")
+    parser.add_argument("--key", default="generator", help="generator entry in the checkpoints (default: generator)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    args = parser.parse_args()
+    try:
+        digest = package(args.stage1, args.stage2, args.output, args.key, args.overwrite)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"package_model.py: {error}", file=sys.stderr)
+        return 2
+    print(f"{args.output}: sha256 {digest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

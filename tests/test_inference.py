@@ -1,0 +1,145 @@
+"""configs/inference.json through the real CLI: outputs in the input's grid, report, STL, and bad input refused early.
+
+Weights here are random (a tiny network saved with its checksum): these tests check the pipeline, not accuracy;
+docs/evaluation.md measures accuracy of the shipped weights.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+
+from bundle.networks import AnomalyDetector
+from bundle.weights import write_checksum
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"channels": [4, 8], "num_embeddings": 16, "embedding_dim": 4}
+TINY_GENERATOR = json.dumps({"_target_": "bundle.networks.VQGANGenerator", **TINY})
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("weights")
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / "common.json"))
+    parser["generator_def"] = {"_target_": "bundle.networks.VQGANGenerator", **TINY}
+    torch.manual_seed(0)
+    detector = AnomalyDetector(parser.get_parsed_content("generator_def"))
+    with torch.no_grad():  # two different encoders, so that the anomaly map is not identically zero
+        for weight in detector.encoder2.parameters():
+            weight.add_(0.5 * torch.randn_like(weight))
+    path = folder / "model.pt"
+    torch.save(detector.state_dict(), path)
+    write_checksum(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def label_map(tmp_path_factory) -> Path:
+    """A jaw-like label map at 0.6 x 0.6 x 0.8 mm with flipped (LPS) axes and a tilt."""
+    labels = np.zeros((110, 100, 70), np.int16)
+    labels[10:100, 10:90, 40:70] = 1
+    labels[20:90, 20:40, 5:30] = 2
+    labels[30:80, 22:30, 28:40] = 4
+    labels[30:80, 22:30, 40:50] = 3
+    labels[25:85, 28:31, 10:13] = 5
+    affine = np.array([[-0.6, 0.05, 0, 60], [0, -0.6, 0, 50], [0, 0, 0.8, -20], [0, 0, 0, 1]], float)
+    path = tmp_path_factory.mktemp("input") / "jaw_case.nii.gz"
+    nib.save(nib.Nifti1Image(labels, affine), path)
+    return path
+
+
+def run_inference(*overrides: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
+    command += ["--generator_def", TINY_GENERATOR, *overrides]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_inference_writes_every_output_in_the_input_grid(tiny_weights, label_map, tmp_path):
+    output = tmp_path / "out"
+    # a low threshold so that random weights produce regions to export
+    result = run_inference(
+        "--input", str(label_map), "--checkpoint", str(tiny_weights), "--output_dir", str(output),
+        "--segmentation_threshold", "1e-6", "--max_tissue_fraction", "1.0", "--min_region_mm3", "0",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    case = output / "jaw_case"
+    source = nib.load(label_map)
+    anomaly = nib.load(case / "anomaly_map.nii.gz")
+    wound = nib.load(case / "wound_segmentation.nii.gz")
+    for image in (anomaly, wound):
+        assert image.shape == source.shape
+        np.testing.assert_allclose(image.affine, source.affine, atol=1e-4)
+    assert anomaly.get_data_dtype() == np.float32 and wound.get_data_dtype() == np.uint8
+    report = json.loads((case / "report.json").read_text())
+    regions = np.asarray(wound.dataobj)
+    assert report["num_regions"] == len(np.unique(regions)) - 1 == len(list(case.glob("*.stl")))
+    assert report["num_regions"] > 0
+    voxel_mm3 = abs(np.linalg.det(source.affine[:3, :3]))
+    for region in report["regions"]:
+        assert region["volume_mm3"] == pytest.approx((regions == region["label"]).sum() * voxel_mm3, rel=1e-3)
+    assert set(report["subject_score"]) >= {"two_reconstructions", "original_vs_reconstruction"}
+    assert len(report["model"]["sha256"]) == 64
+    assert (case / "overview.png").stat().st_size > 10_000
+    assert not list(output.glob(".*"))  # no partial folder left
+
+
+def test_infer_workflow_has_every_required_property(tiny_weights, label_map, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # configs import configs/common.json relative to the bundle root
+    workflow = ConfigWorkflow(
+        config_file=str(ROOT / "configs" / "inference.json"),
+        workflow_type="infer",
+        generator_def=json.loads(TINY_GENERATOR),
+        input=str(label_map),
+        checkpoint=str(tiny_weights),
+        output_dir=str(tmp_path / "out"),
+    )
+    workflow.initialize()
+    assert workflow.check_properties() in (None, [])
+    assert list(workflow.inferer.roi_size) == [64, 64, 64]
+
+
+@pytest.mark.parametrize(
+    "problem, make_overrides, message",
+    [
+        ("missing weights", lambda w, d: ["--checkpoint", str(d / "absent.pt")], "weights file not found"),
+        ("checksum mismatch", lambda w, d: ["--checkpoint", str(_corrupted_copy(w, d))], "does not match"),
+        ("output not empty", lambda w, d: ["--output_dir", str(_non_empty(d))], "not empty"),
+        ("bad label map", lambda w, d: ["--input", str(_float_map(d))], "non-integer"),
+    ],
+)
+def test_bad_input_fails_with_a_clear_error_and_writes_nothing(problem, make_overrides, message, tiny_weights,
+                                                               label_map, tmp_path):
+    overrides = ["--input", str(label_map), "--checkpoint", str(tiny_weights), "--output_dir", str(tmp_path / "out")]
+    overrides += make_overrides(tiny_weights, tmp_path)
+    result = run_inference(*overrides)
+    assert result.returncode != 0, problem
+    assert message in result.stderr + result.stdout
+    output = Path(overrides[len(overrides) - 1 - overrides[::-1].index("--output_dir") + 1])
+    written = [p for p in output.rglob("*") if p.is_file() and p.name != "mine.txt"] if output.exists() else []
+    assert written == [], problem
+
+
+def _corrupted_copy(weights: Path, folder: Path) -> Path:
+    copy = folder / "model.pt"
+    copy.write_bytes(weights.read_bytes()[:-10] + b"0" * 10)
+    (folder / "model.pt.sha256").write_text((weights.parent / "model.pt.sha256").read_text())
+    return copy
+
+
+def _non_empty(folder: Path) -> Path:
+    output = folder / "taken"
+    output.mkdir()
+    (output / "mine.txt").write_text("the user's file")
+    return output
+
+
+def _float_map(folder: Path) -> Path:
+    path = folder / "float_map.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((20, 20, 20)).astype(np.float32), np.eye(4)), path)
+    return path

@@ -98,7 +98,8 @@ class WriteCaseOutputsd(MapTransform):
     ``Invertd``); ``image_key`` (x'), ``anomaly_2mm_key``, ``recon1_key``, ``recon2_key``, ``wound_2mm_key`` on the
     2 mm model grid (scores and the figure are computed there, where the thresholds are defined).
     ``thresholds`` are recorded in the report as given; ``score_threshold``/``score_erosion_iterations`` define the
-    subject score (:func:`bundle.scoring.subject_score`).
+    subject score (:func:`bundle.scoring.subject_score`). The report is also stored in the data under ``"report"``
+    for handlers (e.g. :class:`bundle.evaluation.AnomalyEvaluationHandler`).
     """
 
     def __init__(
@@ -162,8 +163,8 @@ class WriteCaseOutputsd(MapTransform):
                 _write_nifti(d[key], partial / f"{key}.nii.gz", np.dtype(np.float32))
             _write_nifti(wound, partial / "wound_segmentation.nii.gz", np.dtype(np.uint8))
             write_region_stls(regions, affine, partial, prefix=name)
-            stats = region_statistics(regions, affine)
-            (partial / "report.json").write_text(json.dumps(self.report(d, stats), indent=4) + "\n")
+            d["report"] = self.report(d, region_statistics(regions, affine))
+            (partial / "report.json").write_text(json.dumps(d["report"], indent=4) + "\n")
             if self.figure:
                 from bundle.figures import save_overview
 

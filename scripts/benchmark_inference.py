@@ -1,0 +1,164 @@
+"""Whole-pipeline inference benchmark: one scan through configs/inference.json, timed per stage, beside a naive peer.
+
+The scan is a phantom with a simulated ONJ lesion on a 90 x 90 x 83 grid at 2 mm (the size real_anatomy.md gives
+for a real DentalSegmentator map resampled to 2 mm). Stages, as the bundle runs them:
+  load + preprocess -> both reconstructions (sliding window) -> post-processing (regions) -> invert + write (NIfTI,
+  STL, report; the overview figure is off, it is not part of the per-scan work a deployment needs).
+Naive peer, in the same run: two separate MONAI ``VQVAE`` networks of the same widths, each through MONAI's
+``SlidingWindowInferer`` at overlap 0.5, and the squared difference of their outputs.
+Peak memory is the process's maximum resident set size after the timed runs (torch and MONAI included).
+
+    python scripts/benchmark_inference.py [--repeats 3] [--json docs/benchmark_inference.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+from monai.inferers import SlidingWindowInferer
+from monai.networks.nets import VQVAE
+from monai.transforms import Compose
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.chdir(ROOT)  # the configs import configs/common.json relative to the bundle root
+
+from bundle.networks import AnomalyDetector  # noqa: E402
+from bundle.phantoms import make_phantom  # noqa: E402
+from bundle.weights import load_verified_weights, write_checksum  # noqa: E402
+
+GRID = (90, 90, 83)
+
+
+def write_scan(folder: Path) -> Path:
+    """A lesion phantom at 2 mm, padded or cropped (centred) to exactly ``GRID``."""
+    phantom = make_phantom(seed=4242, spacing=2.0, lesion="onj", with_cbct=False)
+    labels = np.zeros(GRID, np.int16)
+    src = [slice(max(0, (s - g) // 2), max(0, (s - g) // 2) + min(s, g)) for s, g in zip(phantom.labels.shape, GRID)]
+    dst = [slice(max(0, (g - s) // 2), max(0, (g - s) // 2) + min(s, g)) for s, g in zip(phantom.labels.shape, GRID)]
+    labels[tuple(dst)] = phantom.labels[tuple(src)]
+    path = folder / "benchmark_scan.nii.gz"
+    nib.save(nib.Nifti1Image(labels, phantom.affine), path)
+    return path
+
+
+def weights_for(parser: ConfigParser, folder: Path) -> tuple[Path, str]:
+    """The shipped weights when present (with their checksum), else random weights of the same architecture."""
+    shipped = ROOT / "models" / "model.pt"
+    if shipped.is_file():
+        return shipped, "models/model.pt"
+    path = folder / "model.pt"
+    torch.save(AnomalyDetector(parser.get_parsed_content("generator_def")).state_dict(), path)
+    write_checksum(path)
+    return path, "random weights (models/model.pt absent)"
+
+
+def naive_peer(generator_kwargs: dict) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Two MONAI VQVAEs with the bundle's widths below full resolution (same latent grid as the bundle's)."""
+    widths = tuple(generator_kwargs["channels"])[1:]
+    levels = len(widths)
+
+    def vqvae() -> torch.nn.Module:
+        return VQVAE(
+            spatial_dims=3, in_channels=1, out_channels=1, channels=widths,
+            num_res_layers=int(generator_kwargs.get("num_res_blocks", 1)), num_res_channels=widths,
+            downsample_parameters=((2, 4, 1, 1),) * levels, upsample_parameters=((2, 4, 1, 1, 0),) * levels,
+            num_embeddings=generator_kwargs["num_embeddings"], embedding_dim=generator_kwargs["embedding_dim"],
+        ).eval()
+
+    return vqvae(), vqvae()
+
+
+def timed(function, *args):
+    start = time.perf_counter()
+    result = function(*args)
+    return result, time.perf_counter() - start
+
+
+def run(repeats: int) -> dict:
+    torch.set_num_threads(os.cpu_count() or 1)
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        scan = write_scan(folder)
+        parser = ConfigParser()
+        parser.read_config("configs/inference.json")
+        weights, weights_source = weights_for(parser, folder)
+        parser.update({"input": str(scan), "checkpoint": str(weights), "output_dir": str(folder / "out"),
+                       "overwrite": True, "write_figure": False})
+        (folder / "out").mkdir()
+        network = parser.get_parsed_content("network")
+        load_verified_weights(network, weights).eval()
+        preprocessing = parser.get_parsed_content("preprocessing")
+        inferer = parser.get_parsed_content("inferer")
+        post = parser.get_parsed_content("postprocessing").transforms
+        split = next(i for i, t in enumerate(post) if type(t).__name__ == "CopyItemsd" and i > 1)
+        regions, writing = Compose(post[:split]), Compose(post[split:])
+        peer_1, peer_2 = naive_peer(parser.get("generator_def"))  # the raw definition, macro resolved
+        peer_inferer = SlidingWindowInferer(roi_size=inferer.roi_size, sw_batch_size=inferer.sw_batch_size, overlap=0.5)
+
+        rows: dict[str, list[float]] = {k: [] for k in ("load_preprocess", "reconstructions", "postprocess",
+                                                         "invert_write", "total", "naive_reconstructions")}
+        with torch.inference_mode():
+            for _ in range(repeats + 1):  # the first run warms up and is dropped
+                data, t_load = timed(preprocessing, {"image": str(scan)})
+                image = data["image"].unsqueeze(0)
+                prediction, t_net = timed(inferer, image, network)
+                item = {**data, "pred": prediction[0]}
+                item, t_post = timed(regions, item)
+                for case in (folder / "out").glob("*"):
+                    shutil.rmtree(case)
+                _, t_write = timed(writing, item)
+                _, t_naive = timed(lambda: (peer_inferer(image, lambda x: peer_2(x)[0]) - peer_inferer(image, lambda x: peer_1(x)[0])) ** 2)
+                for key, value in zip(rows, (t_load, t_net, t_post, t_write, t_load + t_net + t_post + t_write,
+                                             t_naive)):
+                    rows[key].append(value)
+        median = {k: float(np.median(v[1:])) for k, v in rows.items()}
+        naive_total = median["total"] - median["reconstructions"] + median["naive_reconstructions"]
+        return {
+            "grid": list(GRID),
+            "weights": weights_source,
+            "threads": torch.get_num_threads(),
+            "sliding_window": {"roi_size": list(inferer.roi_size), "overlap": inferer.overlap,
+                               "sw_batch_size": inferer.sw_batch_size},
+            "median_seconds": median,
+            "naive_pipeline_seconds": naive_total,
+            "speedup_reconstructions": median["naive_reconstructions"] / median["reconstructions"],
+            "speedup_pipeline": naive_total / median["total"],
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+            "repeats": repeats,
+        }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up (median reported)")
+    parser.add_argument("--json", type=Path, help="also write the result to this JSON file")
+    args = parser.parse_args()
+    result = run(args.repeats)
+    m = result["median_seconds"]
+    print(f"grid {result['grid']} at 2 mm, {result['threads']} threads, weights: {result['weights']}")
+    for key in ("load_preprocess", "reconstructions", "postprocess", "invert_write", "total"):
+        print(f"  {key:<24}{m[key]:8.2f} s")
+    print(f"  naive reconstructions   {m['naive_reconstructions']:8.2f} s  (two MONAI VQVAEs, overlap 0.5)")
+    print(f"  naive pipeline          {result['naive_pipeline_seconds']:8.2f} s")
+    print(f"speed-up: reconstructions x{result['speedup_reconstructions']:.2f}, pipeline x{result['speedup_pipeline']:.2f}")
+    print(f"peak RSS {result['peak_rss_gb']:.2f} GB")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=4) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""ValidateLabels / ValidateLabelsd on hand-made arrays: each error message, and the ToothFairy2 remap preset."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from bundle.transforms import ValidateLabels, ValidateLabelsd
+
+SOURCE = "/data/case_007.nii.gz"
+
+
+def labelled(array: np.ndarray) -> MetaTensor:
+    """A MetaTensor as LoadImage returns it: the validator names this source file in its errors."""
+    return MetaTensor(torch.as_tensor(array), meta={"filename_or_obj": SOURCE})
+
+
+def jaw(shape=(6, 5, 4), dtype=np.int16) -> np.ndarray:
+    labels = np.zeros(shape, dtype)
+    labels[1:5, 1:4, 1:3] = 2
+    labels[2, 2, 2] = 4
+    labels[3, 2, 1] = 5
+    return labels
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.ones((6, 5), np.int16), r"expected a 3D label map, got an image of shape \(6, 5\)"),
+        (np.ones((6, 5, 4, 2), np.int16), r"expected a 3D label map, got an image of shape \(6, 5, 4, 2\)"),
+        (jaw(dtype=np.float32) + np.float32(0.5), r"label map has non-integer values"),
+        (np.where(jaw() == 2, 7, jaw()).astype(np.int16), r"labels \[7\] are outside 0\.\.5"),
+        (np.zeros((6, 5, 4), np.uint8), r"label map is empty \(all voxels are 0\)"),
+        (np.where(jaw() == 2, -1, 0).astype(np.int16), r"label map has negative labels \(minimum -1\)"),
+    ],
+    ids=["2d", "4d", "non-integer", "out-of-range", "all-zero", "negative"],
+)
+def test_each_invalid_label_map_is_rejected_with_file_and_reason(array, message):
+    with pytest.raises(ValueError, match=re.escape(SOURCE) + ": " + message):
+        ValidateLabels()(labelled(array))
+    with pytest.raises(ValueError, match=message):
+        ValidateLabelsd(keys="image")({"image": labelled(array)})
+
+
+def test_out_of_range_message_lists_offending_labels_and_suggests_a_preset():
+    labels = jaw()
+    labels[0, 0, 0], labels[0, 0, 1] = 11, 31
+    with pytest.raises(ValueError, match=r"labels \[11, 31\] are outside 0\.\.5.*remap preset"):
+        ValidateLabels()(labelled(labels))
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.int64, np.float32])
+def test_valid_dentalsegmentator_map_passes_unchanged(dtype):
+    labels = jaw(dtype=dtype)
+    for preset in (None, "dentalsegmentator"):
+        out = ValidateLabels(preset)(labelled(labels))
+        np.testing.assert_array_equal(np.asarray(out), labels)
+        assert out.dtype == torch.as_tensor(labels).dtype
+    assert ValidateLabelsd(keys="image")({"image": labelled(labels)})["image"].shape == labels.shape
+
+
+def test_toothfairy2_preset_maps_every_label_of_the_convention():
+    toothfairy2 = np.arange(0, 60, dtype=np.int16).reshape(3, 4, 5)  # every label 0..59 once
+    expected = np.zeros(60, np.int16)
+    expected[1], expected[2], expected[3], expected[4] = 2, 1, 5, 5  # lower jaw, upper jaw, both canals
+    expected[11:29] = 3  # FDI 11..28: upper teeth
+    expected[31:49] = 4  # FDI 31..48: lower teeth; sinuses, pharynx, restorations, 29, 30 and 49.. stay 0
+    out = ValidateLabels("toothfairy2")(labelled(toothfairy2))
+    np.testing.assert_array_equal(np.asarray(out).ravel(), expected)
+    assert out.shape == toothfairy2.shape and out.dtype == torch.int16
+    dict_out = ValidateLabelsd(keys="image", remap_preset="toothfairy2")({"image": labelled(toothfairy2)})["image"]
+    np.testing.assert_array_equal(np.asarray(dict_out), np.asarray(out))
+
+
+@pytest.mark.parametrize(
+    "source, target",
+    [(1, 2), (2, 1), (3, 5), (4, 5), (11, 3), (18, 3), (21, 3), (28, 3), (31, 4), (38, 4), (41, 4), (48, 4)]
+    + [(label, 0) for label in (5, 9, 10, 29, 30, 49, 50, 53, 255)],
+)
+def test_toothfairy2_single_label(source, target):
+    labels = np.zeros((3, 3, 3), np.int16)
+    labels[1, 1, 1] = source
+    labels[0, 0, 0] = 1  # keeps a jaw label present when ``source`` maps to 0
+    out = np.asarray(ValidateLabels("toothfairy2")(labelled(labels)))
+    assert out[1, 1, 1] == target
+    assert out[0, 0, 0] == 2
+
+
+def test_toothfairy2_rejects_a_map_with_no_jaw_label_and_labels_beyond_the_table():
+    only_pulp = np.where(jaw() > 0, 50, 0).astype(np.int16)  # pulp and other structures map to 0
+    with pytest.raises(ValueError, match=re.escape(SOURCE) + r": no 'toothfairy2' label of the jaw is present"):
+        ValidateLabels("toothfairy2")(labelled(only_pulp))
+    too_high = jaw()
+    too_high[0, 0, 0] = 300
+    with pytest.raises(ValueError, match=r"label 300 exceeds the 'toothfairy2' preset's range"):
+        ValidateLabels("toothfairy2")(labelled(too_high))
+
+
+def test_unknown_preset_is_refused():
+    with pytest.raises(ValueError, match="toothfairy3"):
+        ValidateLabels("toothfairy3")

@@ -143,3 +143,24 @@ def _float_map(folder: Path) -> Path:
     path = folder / "float_map.nii.gz"
     nib.save(nib.Nifti1Image(np.random.default_rng(0).random((20, 20, 20)).astype(np.float32), np.eye(4)), path)
     return path
+
+
+@pytest.mark.slow
+def test_evaluation_overlay_scores_lesion_and_normal_cases(tiny_weights, tmp_path):
+    from tests.conftest import _load_phantom_script
+
+    datalist = _load_phantom_script().make_phantom_set(
+        tmp_path / "eval_data", train_subjects=0, val_subjects=0, test_subjects=2, lesion_fraction=0.5,
+        spacing=2.0, seed=5, preview=False, log=lambda *_: None,
+    )
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
+               "['configs/inference.json','configs/evaluate.json']", "--generator_def", TINY_GENERATOR,
+               "--checkpoint", str(tiny_weights), "--datalist", str(datalist), "--output_dir", str(tmp_path / "eval")]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert (metrics["num_lesion_cases"], metrics["num_normal_cases"]) == (1, 1)
+    lesion_case = next(c for c in metrics["cases"] if c["lesion"] != "none")
+    assert 0.0 <= lesion_case["dice"] <= 1.0 and 0.0 < lesion_case["average_precision"] <= 1.0
+    assert 0.0 <= metrics["score_two_reconstructions"]["auroc"] <= 1.0
+    assert {c["case"] for c in metrics["cases"]} == {p.name for p in (tmp_path / "eval").iterdir() if p.is_dir()}

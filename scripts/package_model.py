@@ -38,13 +38,14 @@ def load_generator_state(path: Path, key: str) -> dict:
     return state
 
 
-def package(stage1: Path, stage2: Path, output: Path, key: str, overwrite: bool) -> str:
+def package(stage1: Path, stage2: Path, output: Path, key: str, overwrite: bool, config_file: Path) -> str:
     if output.exists() and not overwrite:
         raise ValueError(f"{output}: exists; pass --overwrite to replace it")
     parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "common.json"))
-    generator_1 = parser.get_parsed_content("generator_def", instantiate=True)
-    generator_2 = parser.get_parsed_content("generator_def", instantiate=True)
+    parser.read_config(str(config_file))
+    # lazy=False: a fresh instance each time (the parser caches instantiated content otherwise)
+    generator_1 = parser.get_parsed_content("generator_def", lazy=False)
+    generator_2 = parser.get_parsed_content("generator_def", lazy=False)
     generator_1.load_state_dict(load_generator_state(stage1, key))
     generator_2.load_state_dict(load_generator_state(stage2, key))
     for name, tensor in {**generator_1.quantizer.state_dict(), **generator_1.decoder.state_dict()}.items():
@@ -57,6 +58,7 @@ def package(stage1: Path, stage2: Path, output: Path, key: str, overwrite: bool)
     os.close(handle)
     try:
         torch.save(detector.state_dict(), temporary)
+        os.chmod(temporary, 0o644)  # mkstemp creates 0600; weights are meant to be shared
         os.replace(temporary, output)
     finally:
         if os.path.exists(temporary):
@@ -71,9 +73,12 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=ROOT / "models" / "model.pt")
     parser.add_argument("--key", default="generator", help="generator entry in the checkpoints (default: generator)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument(
+        "--config_file", type=Path, default=ROOT / "configs" / "common.json", help="config holding generator_def"
+    )
     args = parser.parse_args()
     try:
-        digest = package(args.stage1, args.stage2, args.output, args.key, args.overwrite)
+        digest = package(args.stage1, args.stage2, args.output, args.key, args.overwrite, args.config_file)
     except (ValueError, FileNotFoundError) as error:
         print(f"package_model.py: {error}", file=sys.stderr)
         return 2

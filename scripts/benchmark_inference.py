@@ -69,11 +69,13 @@ def naive_peer(generator_kwargs: dict) -> tuple[torch.nn.Module, torch.nn.Module
     """Two MONAI VQVAEs with the bundle's widths below full resolution (same latent grid as the bundle's)."""
     widths = tuple(generator_kwargs["channels"])[1:]
     levels = len(widths)
+    blocks = generator_kwargs.get("num_res_blocks", 1)
+    res_layers = max(blocks[1:]) if isinstance(blocks, (list, tuple)) else int(blocks)
 
     def vqvae() -> torch.nn.Module:
         return VQVAE(
             spatial_dims=3, in_channels=1, out_channels=1, channels=widths,
-            num_res_layers=int(generator_kwargs.get("num_res_blocks", 1)), num_res_channels=widths,
+            num_res_layers=res_layers, num_res_channels=widths,
             downsample_parameters=((2, 4, 1, 1),) * levels, upsample_parameters=((2, 4, 1, 1, 0),) * levels,
             num_embeddings=generator_kwargs["num_embeddings"], embedding_dim=generator_kwargs["embedding_dim"],
         ).eval()

@@ -84,7 +84,7 @@ def test_adversarial_loss_is_float32_under_bf16_autocast():
         loss = adversarial_loss(logits, target_is_real=False)
     assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
     expected = F.binary_cross_entropy_with_logits(logits.float(), torch.zeros(logits.shape))
-    assert float(loss) == float(expected)
+    assert float(loss.detach()) == float(expected.detach())
 
 
 def test_codebook_usage_known_indices():

@@ -36,6 +36,8 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_dst_type, convert_to_tensor, ensure_tuple_rep, look_up_option
 from scipy import ndimage
 
+from bundle.transforms import PerKeyd
+
 STRUCTURES = ("ball", "cube")
 SIZE_UNITS = ("voxel", "mm3")
 DEFAULT_SOFT_TISSUE_WINDOW = (-500.0, 400.0)
@@ -354,19 +356,7 @@ class RemoveSmallRegions(Transform):
         return _label_output(keep_regions(labels, volumes >= self.min_size), regions)
 
 
-class _PerKey(MapTransform):
-    """Dictionary wrapper applying a one-argument array transform to each key in place."""
-
-    transform: Transform
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.transform(d[key])
-        return d
-
-
-class GreyErosiond(_PerKey):
+class GreyErosiond(PerKeyd):
     """Dictionary form of :class:`GreyErosion`: ``keys`` name the anomaly map(s), eroded in place."""
 
     def __init__(
@@ -380,7 +370,7 @@ class GreyErosiond(_PerKey):
         self.transform = GreyErosion(radius, structure)
 
 
-class GreyDilationd(_PerKey):
+class GreyDilationd(PerKeyd):
     """Dictionary form of :class:`GreyDilation`: ``keys`` name the anomaly map(s), dilated in place."""
 
     def __init__(
@@ -394,7 +384,7 @@ class GreyDilationd(_PerKey):
         self.transform = GreyDilation(radius, structure)
 
 
-class LabelRegionsd(_PerKey):
+class LabelRegionsd(PerKeyd):
     """Dictionary form of :class:`LabelRegions`: ``keys`` name the binary mask(s), replaced by region label maps."""
 
     def __init__(self, keys: KeysCollection, connectivity: int = 1, allow_missing_keys: bool = False) -> None:
@@ -402,7 +392,7 @@ class LabelRegionsd(_PerKey):
         self.transform = LabelRegions(connectivity)
 
 
-class RemoveSmallRegionsd(_PerKey):
+class RemoveSmallRegionsd(PerKeyd):
     """Dictionary form of :class:`RemoveSmallRegions`: ``keys`` name the region label map(s)."""
 
     def __init__(

@@ -43,6 +43,19 @@ def source_name(img: NdarrayOrTensor) -> str:
     return str(meta.get("filename_or_obj", "<array>"))
 
 
+class PerKeyd(MapTransform):
+    """Dictionary wrapper that applies the array transform ``self.transform`` to each key in place; subclasses set
+    ``self.transform`` in their constructor (MONAI writes this loop out in every dict transform)."""
+
+    transform: Transform
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.transform(d[key])
+        return d
+
+
 class ValidateLabels(Transform):
     """Check that an image is a 3D integer label map with at least one nonzero voxel and map it to the
     DentalSegmentator convention (0 other, 1 upper skull, 2 mandible, 3 upper teeth, 4 lower teeth, 5 canal).
@@ -91,18 +104,12 @@ class ValidateLabels(Transform):
         return out
 
 
-class ValidateLabelsd(MapTransform):
+class ValidateLabelsd(PerKeyd):
     """Dictionary form of :class:`ValidateLabels`."""
 
     def __init__(self, keys: KeysCollection, remap_preset: str | None = None, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
-        self.validator = ValidateLabels(remap_preset)
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.validator(d[key])
-        return d
+        self.transform = ValidateLabels(remap_preset)
 
 
 class LabelToIntensity(Transform):
@@ -119,18 +126,12 @@ class LabelToIntensity(Transform):
         return out
 
 
-class LabelToIntensityd(MapTransform):
+class LabelToIntensityd(PerKeyd):
     """Dictionary form of :class:`LabelToIntensity`."""
 
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
-        self.mapper = LabelToIntensity()
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.mapper(d[key])
-        return d
+        self.transform = LabelToIntensity()
 
 
 def teeth_mask(intensity: torch.Tensor, threshold: float = 0.75, kernel_size: int = 5) -> torch.Tensor:
@@ -199,17 +200,11 @@ class MaskTeeth(Transform):
         return out
 
 
-class MaskTeethd(MapTransform):
+class MaskTeethd(PerKeyd):
     """Dictionary form of :class:`MaskTeeth`."""
 
     def __init__(
         self, keys: KeysCollection, threshold: float = 0.75, kernel_size: int = 5, allow_missing_keys: bool = False
     ):
         super().__init__(keys, allow_missing_keys)
-        self.masker = MaskTeeth(threshold, kernel_size)
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.masker(d[key])
-        return d
+        self.transform = MaskTeeth(threshold, kernel_size)

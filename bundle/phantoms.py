@@ -924,7 +924,8 @@ def _synthesise_cbct(
     """HU-like raw CBCT matching ``labels``: air, soft tissue envelope, airways, bone, teeth, canal; blur and noise
     inside the reconstructed cylinder, -1000 outside it.
 
-    Voxels removed by a lesion (``truth``) read as soft tissue (granulation tissue filling the defect).
+    Voxels removed by a lesion (``truth``) read as air: an open wound communicating with the oral cavity, the
+    space a dressing fills (so that soft-tissue avoidance trims only what grows past the defect).
     """
     rng = np.random.default_rng([subject.seed, 9])
     body = _union_mask(subject.soft_tissue[:3], grid) | (skull_distance <= 6.0)
@@ -941,7 +942,7 @@ def _synthesise_cbct(
     jaw_cbct[jaw_labels == CANAL] = _HU_CANAL
     is_tooth = (jaw_labels == UPPER_TEETH) | (jaw_labels == LOWER_TEETH)
     jaw_cbct[is_tooth] = np.where(jaw.crown, _HU_ENAMEL, _HU_ROOT)[is_tooth]
-    cbct[truth > 0] = _HU_SOFT
+    cbct[truth > 0] = _HU_AIR
     spacing = np.linalg.norm(grid.affine[:3, :3], axis=0)
     ndimage.gaussian_filter(cbct, sigma=0.6 / spacing, output=cbct, truncate=3.0)
     cbct += rng.normal(0.0, 40.0, size=grid.shape).astype(np.float32)

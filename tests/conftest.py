@@ -12,6 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from bundle.networks import AnomalyDetector, VQGANGenerator
+from bundle.weights import write_checksum
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,6 +27,13 @@ TINY_GENERATOR = {
     "embedding_dim": 4,
 }
 TINY_CROP = [32, 32, 32]
+# Three levels here too: with two, the attention of a 64^3 inference window would span 32^3 tokens (minutes on CPU).
+INFERENCE_GENERATOR = {
+    "_target_": "bundle.networks.VQGANGenerator",
+    "channels": [4, 8, 16],
+    "num_embeddings": 16,
+    "embedding_dim": 4,
+}
 
 
 def _load_phantom_script():
@@ -42,6 +53,21 @@ def phantom_dataset(tmp_path_factory) -> Path:
         folder, train_subjects=3, val_subjects=1, test_subjects=0, spacing=2.0, preview=False, log=lambda *_: None
     )
     return Path(datalist).parent
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """Random weights of the ``INFERENCE_GENERATOR`` anomaly detector, saved with their checksum."""
+    folder = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    detector = AnomalyDetector(VQGANGenerator(**{k: v for k, v in INFERENCE_GENERATOR.items() if k != "_target_"}))
+    with torch.no_grad():  # two different encoders, so that the anomaly map is not identically zero
+        for weight in detector.encoder2.parameters():
+            weight.add_(0.5 * torch.randn_like(weight))
+    path = folder / "model.pt"
+    torch.save(detector.state_dict(), path)
+    write_checksum(path)
+    return path
 
 
 @pytest.fixture

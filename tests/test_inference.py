@@ -12,31 +12,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigWorkflow
 
-from bundle.networks import AnomalyDetector
-from bundle.weights import write_checksum
+from tests.conftest import INFERENCE_GENERATOR
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"channels": [4, 8], "num_embeddings": 16, "embedding_dim": 4}
-TINY_GENERATOR = json.dumps({"_target_": "bundle.networks.VQGANGenerator", **TINY})
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("weights")
-    parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "common.json"))
-    parser["generator_def"] = {"_target_": "bundle.networks.VQGANGenerator", **TINY}
-    torch.manual_seed(0)
-    detector = AnomalyDetector(parser.get_parsed_content("generator_def"))
-    with torch.no_grad():  # two different encoders, so that the anomaly map is not identically zero
-        for weight in detector.encoder2.parameters():
-            weight.add_(0.5 * torch.randn_like(weight))
-    path = folder / "model.pt"
-    torch.save(detector.state_dict(), path)
-    write_checksum(path)
-    return path
+TINY_GENERATOR = json.dumps(INFERENCE_GENERATOR)
 
 
 @pytest.fixture(scope="module")

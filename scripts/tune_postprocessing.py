@@ -1,0 +1,233 @@
+"""Choose the inference defaults (sliding-window overlap and blending, post-processing, subject score) on a tuning set.
+
+The tuning set must be labelled phantoms (or real cases with truth masks) that are *not* the held-out evaluation set,
+e.g. ``python scripts/make_phantoms.py data/phantoms_tune --train_subjects 0 --val_subjects 0 --test_subjects 20
+--lesion_fraction 0.5 --seed 555``. Everything runs through the bundle's own configs: ``configs/inference.json``
+with the ``configs/evaluate.json`` overlay gives the preprocessing (truth included), the network, the inferer and the
+2 mm post-processing (``segmentation_steps``), so what is tuned is exactly what ``monai.bundle run`` executes.
+
+1. Inferer: for each overlap x blend mode, both reconstructions of every case, timed; reported with the map's mean
+   voxel average precision and the Dice of the current default segmentation.
+2. Post-processing: with the config's inferer, the reconstructions are computed once per case and cached; every
+   combination of the ``--grid`` values is applied to them and scored by the mean Dice on the lesion cases (ties:
+   fewer false-positive voxels in the healthy cases).
+3. Subject score: every ``score_threshold`` x ``score_erosion_iterations`` pair, scored by whether every lesion
+   subject scores above every healthy one and by the margin (min lesion + 1) / (max healthy + 1).
+
+    python scripts/tune_postprocessing.py data/phantoms_tune/datalist.json --json docs/tuning.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+from monai.transforms import Compose
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.chdir(ROOT)  # the configs import configs/common.json relative to the bundle root
+
+from bundle.metrics import average_precision  # noqa: E402
+from bundle.scoring import subject_score  # noqa: E402
+from bundle.weights import load_verified_weights  # noqa: E402
+
+DEFAULT_GRID = {
+    "segmentation_threshold": [0.02, 0.05, 0.1, 0.2],
+    "anomaly_erosion_radius": [0, 1],
+    "anomaly_dilation_radius": [1, 2],
+    "grow_steps": [3, 8],
+    "grow_tissue_threshold": [0.45, 0.55],
+}
+DEFAULT_SCORE_THRESHOLDS = [0.05, 0.1, 0.2, 0.3]
+DEFAULT_SCORE_EROSIONS = [1, 2]
+
+
+def parse_grid(items: list[str]) -> dict[str, list]:
+    """``["name=[v1, v2]", ...]`` -> {name: [v1, v2]}; the values are a JSON list."""
+    grid = {}
+    for item in items:
+        name, _, values = item.partition("=")
+        try:
+            grid[name] = json.loads(values)
+        except json.JSONDecodeError:
+            grid[name] = None
+        if not isinstance(grid[name], list) or not grid[name]:
+            raise SystemExit(f"error: --grid item {item!r} is not of the form name=[value, ...]")
+    return grid
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["name=JSON", ...]`` -> {name: value}."""
+    overrides = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            overrides[name] = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise SystemExit(f"error: --override {item!r}: the value is not JSON ({error})") from None
+    return overrides
+
+
+def load_cases(parser: ConfigParser) -> list[dict]:
+    """Preprocessed cases of the datalist (image, optional cbct and truth, lesion kind), one dict each."""
+    dataset = parser.get_parsed_content("dataset")
+    cases = []
+    for item in dataset:
+        truth = item.get("truth")
+        cases.append(
+            {
+                "image": item[parser["image_key"]],
+                "cbct": item.get("cbct"),
+                "truth": None if truth is None else np.asarray(truth[0]) > 0,
+                "lesion": item.get("lesion", "none"),
+            }
+        )
+    return cases
+
+
+def reconstruct(network: torch.nn.Module, inferer, cases: list[dict], device: torch.device) -> float:
+    """Run ``inferer`` on every case (writes ``case["pred"]``); returns the mean seconds per case."""
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for case in cases:
+            case["pred"] = inferer(case["image"].unsqueeze(0).to(device), network)[0].cpu()
+    return (time.perf_counter() - start) / len(cases)
+
+
+def segment(steps: Compose, case: dict, image_key: str) -> np.ndarray:
+    data = {"pred": case["pred"], image_key: case["image"]}
+    if case["cbct"] is not None:
+        data["cbct"] = case["cbct"]
+    return np.asarray(steps(data)["wound"][0]) > 0
+
+
+def segmentation_metrics(parser: ConfigParser, cases: list[dict]) -> dict:
+    """Mean Dice on lesion cases and mean false-positive voxels on healthy ones, for the parser's current values."""
+    steps = Compose(parser.get_parsed_content("segmentation_steps"))
+    dice, false_positives = [], []
+    for case in cases:
+        wound = segment(steps, case, parser["image_key"])
+        if case["truth"] is not None and case["truth"].any():
+            truth = case["truth"]
+            dice.append(2.0 * float((wound & truth).sum()) / float(wound.sum() + truth.sum()))
+        else:
+            false_positives.append(int(wound.sum()))
+    return {
+        "mean_dice": float(np.mean(dice)) if dice else float("nan"),
+        "min_dice": float(np.min(dice)) if dice else float("nan"),
+        "mean_false_positive_voxels": float(np.mean(false_positives)) if false_positives else 0.0,
+    }
+
+
+def score_metrics(cases: list[dict], threshold: float, erosions: int) -> dict:
+    lesion, normal = [], []
+    for case in cases:
+        score = subject_score(case["pred"][0], threshold, erosions)
+        (lesion if case["truth"] is not None and case["truth"].any() else normal).append(score)
+    lesion_min = min(lesion) if lesion else 0
+    normal_max = max(normal) if normal else 0
+    return {
+        "score_threshold": threshold,
+        "score_erosion_iterations": erosions,
+        "lesion_min": lesion_min,
+        "normal_max": normal_max,
+        "normals_zero": sum(s == 0 for s in normal),
+        "separated": lesion_min > normal_max,
+        "margin": (lesion_min + 1) / (normal_max + 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    args.add_argument("datalist", help="datalist JSON of the tuning set (its 'test' list)")
+    args.add_argument("--datalist_key", default="test")
+    args.add_argument("--checkpoint", default="models/model.pt")
+    args.add_argument("--overlaps", type=float, nargs="*", default=[0.0, 0.25, 0.5])
+    args.add_argument("--blend_modes", nargs="*", default=["constant", "gaussian"])
+    args.add_argument("--grid", nargs="*", default=[], help="name=[v1,v2] post-processing values to try "
+                      "(replaces that parameter's default list)")
+    args.add_argument("--score_thresholds", type=float, nargs="*", default=DEFAULT_SCORE_THRESHOLDS)
+    args.add_argument("--score_erosions", type=int, nargs="*", default=DEFAULT_SCORE_EROSIONS)
+    args.add_argument("--override", nargs="*", default=[], help="name=JSON config values to set first, as "
+                      "`monai.bundle run --name value` would (e.g. a generator_def matching --checkpoint)")
+    args.add_argument("--json", type=Path, help="write all results here")
+    args.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    opts = args.parse_args(argv)
+    if not Path(opts.datalist).is_file():
+        print(f"error: datalist {opts.datalist}: no such file", file=sys.stderr)
+        return 2
+    if opts.json is not None and opts.json.exists() and not opts.overwrite:
+        print(f"error: {opts.json} exists; pass --overwrite to replace it", file=sys.stderr)
+        return 2
+    grid = {**DEFAULT_GRID, **parse_grid(opts.grid)}
+
+    torch.set_grad_enabled(False)
+    parser = ConfigParser()
+    parser.read_config(["configs/inference.json", "configs/evaluate.json"])
+    parser.update({"datalist": str(Path(opts.datalist).resolve()), "datalist_key": opts.datalist_key,
+                   "checkpoint": opts.checkpoint})
+    for name, value in parse_overrides(opts.override).items():
+        parser[name] = value
+    unknown = sorted(set(grid) - set(parser.get()))
+    if unknown:
+        print(f"error: --grid names {unknown} are not inference.json parameters", file=sys.stderr)
+        return 2
+    device = parser.get_parsed_content("device")
+    network = parser.get_parsed_content("network")
+    load_verified_weights(network, parser.get_parsed_content("checkpoint"))
+    network.eval()
+    inferer = parser.get_parsed_content("inferer")
+    cases = load_cases(parser)
+    print(f"{len(cases)} cases, {sum(c['truth'] is not None and c['truth'].any() for c in cases)} with a lesion")
+
+    results: dict = {"datalist": opts.datalist, "checkpoint": opts.checkpoint, "inferer": [], "postprocessing": []}
+    defaults = {name: parser[name] for name in grid}
+    for overlap, mode in itertools.product(opts.overlaps, opts.blend_modes):
+        inferer.overlap, inferer.mode = overlap, mode
+        seconds = reconstruct(network, inferer, cases, device)
+        lesions = [c for c in cases if c["truth"] is not None and c["truth"].any()]
+        ap = float(np.mean([average_precision(c["pred"][0], torch.from_numpy(c["truth"])) for c in lesions]))
+        row = {"overlap": overlap, "mode": mode, "seconds_per_case": seconds, "mean_average_precision": ap}
+        row.update(segmentation_metrics(parser, cases))
+        results["inferer"].append(row)
+        print(json.dumps(row))
+
+    inferer = parser.get_parsed_content("inferer")  # back to the config's own overlap and mode
+    reconstruct(network, inferer, cases, device)
+    for values in itertools.product(*grid.values()):
+        setting = dict(zip(grid, values))
+        for name, value in setting.items():
+            parser[name] = value
+        row = {**setting, **segmentation_metrics(parser, cases)}
+        results["postprocessing"].append(row)
+        print(json.dumps(row))
+    for name, value in defaults.items():
+        parser[name] = value
+    best = max(results["postprocessing"], key=lambda r: (r["mean_dice"], -r["mean_false_positive_voxels"]))
+    results["best_postprocessing"] = best
+
+    results["score"] = [
+        score_metrics(cases, t, e) for t, e in itertools.product(opts.score_thresholds, opts.score_erosions)
+    ]
+    results["best_score"] = max(results["score"], key=lambda r: (r["separated"], r["margin"]))
+    print("best post-processing:", json.dumps(best))
+    print("best subject score:", json.dumps(results["best_score"]))
+    if opts.json is not None:
+        opts.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = opts.json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+        tmp.replace(opts.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""scripts/tune_postprocessing.py on a two-case tuning set with tiny random weights: what it sweeps and reports."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import INFERENCE_GENERATOR, _load_phantom_script
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import tune_postprocessing  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tuning_set(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tune") / "data"
+    return Path(
+        _load_phantom_script().make_phantom_set(
+            folder, train_subjects=0, val_subjects=0, test_subjects=2, lesion_fraction=0.5, spacing=2.0, seed=11,
+            preview=False, log=lambda *_: None,
+        )
+    )
+
+
+def test_sweeps_inferer_postprocessing_and_score(tuning_set, tiny_weights, tmp_path):
+    output = tmp_path / "tuning.json"
+    argv = [str(tuning_set), "--checkpoint", str(tiny_weights), "--override",
+            f"generator_def={json.dumps(INFERENCE_GENERATOR)}", "--overlaps", "0", "0.25", "--blend_modes", "constant",
+            "--grid", "segmentation_threshold=[0.0, 2.0]", "anomaly_erosion_radius=[0]", "anomaly_dilation_radius=[0]",
+            "grow_steps=[0]", "grow_tissue_threshold=[0.55]", "--score_thresholds", "0.0", "2.0",
+            "--score_erosions", "0", "--json", str(output)]
+    assert tune_postprocessing.main(argv) == 0
+    results = json.loads(output.read_text())
+    assert [(r["overlap"], r["mode"]) for r in results["inferer"]] == [(0.0, "constant"), (0.25, "constant")]
+    assert all(r["seconds_per_case"] > 0 and 0 < r["mean_average_precision"] <= 1 for r in results["inferer"])
+    by_threshold = {r["segmentation_threshold"]: r for r in results["postprocessing"]}
+    assert set(by_threshold) == {0.0, 2.0}
+    # a threshold above every value of the squared difference of two [0, 1] reconstructions segments nothing
+    assert by_threshold[2.0]["mean_dice"] == 0.0 and by_threshold[2.0]["mean_false_positive_voxels"] == 0
+    assert 0.0 < by_threshold[0.0]["mean_dice"] <= 1.0
+    assert results["best_postprocessing"] == max(results["postprocessing"], key=lambda r: r["mean_dice"])
+    scores = {r["score_threshold"]: r for r in results["score"]}
+    assert scores[2.0]["lesion_min"] == scores[2.0]["normal_max"] == 0 and not scores[2.0]["separated"]
+    assert scores[0.0]["lesion_min"] > 0 and scores[0.0]["normal_max"] > 0
+
+
+def test_refuses_to_overwrite_results_and_unknown_parameters(tuning_set, tiny_weights, tmp_path, capsys):
+    existing = tmp_path / "tuning.json"
+    existing.write_text("{}")
+    assert tune_postprocessing.main([str(tuning_set), "--json", str(existing)]) == 2
+    assert existing.read_text() == "{}" and "--overwrite" in capsys.readouterr().err
+    argv = [str(tuning_set), "--checkpoint", str(tiny_weights), "--grid", "no_such_parameter=[1]"]
+    assert tune_postprocessing.main(argv) == 2
+    assert "no_such_parameter" in capsys.readouterr().err
+    assert tune_postprocessing.main([str(tmp_path / "missing.json")]) == 2

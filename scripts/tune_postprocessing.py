@@ -41,11 +41,11 @@ from bundle.scoring import subject_score  # noqa: E402
 from bundle.weights import load_verified_weights  # noqa: E402
 
 DEFAULT_GRID = {
-    "segmentation_threshold": [0.02, 0.05, 0.1, 0.2],
+    "segmentation_threshold": [0.03, 0.05, 0.1, 0.2],
     "anomaly_erosion_radius": [0, 1],
-    "anomaly_dilation_radius": [1, 2],
-    "grow_steps": [3, 8],
-    "grow_tissue_threshold": [0.45, 0.55],
+    "anomaly_dilation_radius": [1],
+    "grow_steps": [4, 10],
+    "grow_tissue_threshold": [0.25, 0.35, 0.45, 0.55],
 }
 DEFAULT_SCORE_THRESHOLDS = [0.05, 0.1, 0.2, 0.3]
 DEFAULT_SCORE_EROSIONS = [1, 2]

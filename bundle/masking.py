@@ -1,0 +1,137 @@
+"""Stage-2 masking shaped like bone loss: random smooth blobs of tissue set to 0.
+
+Gap it fills: MONAI's ``RandCoarseDropout`` drops axis-aligned boxes placed anywhere in the patch. A stage-2 encoder
+trained only on boxes (and on the paper's teeth masking) learns to fill holes with flat faces, but leaves rounded,
+irregular defects, as osteonecrosis produces, largely as they are. This transform removes tissue inside random
+ellipsoids with a low-frequency rough surface, centred on tissue, so that the encoder also learns to restore those.
+It is a third masking beside the paper's two (``configs/train_stage2.json``, ``blob_weight``; 0 gives the paper's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.config import KeysCollection, NdarrayOrTensor
+from monai.transforms import MapTransform, RandomizableTransform
+from monai.utils import convert_to_tensor
+from monai.utils.type_conversion import convert_to_dst_type
+
+# The surface noise is a random grid of this many nodes per axis, interpolated over the patch: a few bumps per blob.
+_NOISE_NODES = 5
+
+
+class RandTissueBlobDropout(RandomizableTransform):
+    """Set to 0, in every channel, the voxels inside 1..``max_blobs`` random rough ellipsoids centred on tissue.
+
+    Each blob: a centre drawn uniformly among the tissue voxels (any channel > 0), one radius per axis drawn
+    uniformly from [``min_radius``, ``max_radius``] voxels, and the surface
+    ``sum(((p - centre) / radius)^2) + roughness * noise(p) <= 1``, with ``noise`` a smooth random field in [-1, 1].
+
+    Args:
+        prob: probability of masking at all.
+        max_blobs: most blobs per call (at least 1 when masking).
+        min_radius, max_radius: radius range per axis, in voxels.
+        roughness: amplitude of the surface noise (0: plain ellipsoids).
+    """
+
+    def __init__(
+        self,
+        prob: float = 1.0,
+        max_blobs: int = 2,
+        min_radius: float = 2.0,
+        max_radius: float = 8.0,
+        roughness: float = 0.5,
+    ) -> None:
+        RandomizableTransform.__init__(self, prob)
+        if max_blobs < 1:
+            raise ValueError(f"max_blobs must be >= 1, got {max_blobs}")
+        if not 0 < min_radius <= max_radius:
+            raise ValueError(f"need 0 < min_radius <= max_radius, got {min_radius} and {max_radius}")
+        if roughness < 0:
+            raise ValueError(f"roughness must be >= 0, got {roughness}")
+        self.max_blobs = max_blobs
+        self.min_radius, self.max_radius = float(min_radius), float(max_radius)
+        self.roughness = float(roughness)
+        self._blobs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def randomize(self, tissue: torch.Tensor) -> None:  # type: ignore[override]
+        """Draw the blobs for a (X, Y, Z) bool ``tissue`` mask: (centre, radii, noise nodes) each."""
+        super().randomize(None)
+        self._blobs = []
+        if not self._do_transform:
+            return
+        candidates = torch.nonzero(tissue)
+        if len(candidates) == 0:
+            return
+        for _ in range(self.R.randint(1, self.max_blobs + 1)):
+            centre = candidates[self.R.randint(len(candidates))].numpy().astype(np.float32)
+            radii = self.R.uniform(self.min_radius, self.max_radius, size=3).astype(np.float32)
+            nodes = self.R.uniform(-1.0, 1.0, size=(_NOISE_NODES,) * 3).astype(np.float32)
+            self._blobs.append((centre, radii, nodes))
+
+    def mask(self, spatial_shape: Sequence[int], device: torch.device | None = None) -> torch.Tensor:
+        """(X, Y, Z) bool: the voxels inside the blobs drawn by the last :meth:`randomize`."""
+        inside = torch.zeros(tuple(spatial_shape), dtype=torch.bool, device=device)
+        axes = [torch.arange(n, dtype=torch.float32, device=device) for n in spatial_shape]
+        for centre, radii, nodes in self._blobs:
+            level = sum(
+                ((axis - float(c)) / float(r)).reshape([-1 if i == d else 1 for i in range(3)]) ** 2
+                for d, (axis, c, r) in enumerate(zip(axes, centre, radii))
+            )
+            if self.roughness > 0:
+                noise = F.interpolate(
+                    torch.from_numpy(nodes).to(device)[None, None], size=tuple(spatial_shape), mode="trilinear",
+                    align_corners=True,
+                )[0, 0]
+                level = level + self.roughness * noise
+            inside |= level <= 1.0
+        return inside
+
+    def __call__(self, img: NdarrayOrTensor, randomize: bool = True) -> NdarrayOrTensor:
+        """``img`` (C, X, Y, Z), tissue > 0 -> the same with the blobs' voxels set to 0."""
+        image = convert_to_tensor(img, track_meta=False)
+        if image.ndim != 4:
+            raise ValueError(f"expected a (C, X, Y, Z) image, got shape {list(image.shape)}")
+        if randomize:
+            self.randomize((image > 0).any(dim=0).cpu())
+        if not self._blobs:
+            return img
+        masked = image.masked_fill(self.mask(image.shape[1:], image.device)[None], 0)
+        return convert_to_dst_type(masked, img)[0]
+
+
+class RandTissueBlobDropoutd(RandomizableTransform, MapTransform):
+    """Dictionary form of :class:`RandTissueBlobDropout`: one draw per call (from the first key), the same blobs
+    removed from every key."""
+
+    backend = RandTissueBlobDropout.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prob: float = 1.0,
+        max_blobs: int = 2,
+        min_radius: float = 2.0,
+        max_radius: float = 8.0,
+        roughness: float = 0.5,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, 1.0)
+        self.dropper = RandTissueBlobDropout(prob, max_blobs, min_radius, max_radius, roughness)
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
+        super().set_random_state(seed, state)
+        self.dropper.set_random_state(seed, state)
+        return self
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        first = True
+        for key in self.key_iterator(d):
+            d[key] = self.dropper(d[key], randomize=first)
+            first = False
+        return d

@@ -9,8 +9,9 @@ with the ``configs/evaluate.json`` overlay gives the preprocessing (truth includ
 1. Inferer: for each overlap x blend mode, both reconstructions of every case, timed; reported with the map's mean
    voxel average precision and the Dice of the current default segmentation.
 2. Post-processing: with the config's inferer, the reconstructions are computed once per case and cached; every
-   combination of the ``--grid`` values is applied to them and scored by the mean Dice on the lesion cases (ties:
-   fewer false-positive voxels in the healthy cases).
+   combination of the ``--grid`` values is applied to them and scored by the mean Dice on the lesion cases. Among
+   the combinations within ``--dice_tolerance`` of the best mean Dice (differences that small are noise on a
+   tuning set of this size), the one with the fewest false-positive voxels in the healthy cases is chosen.
 3. Subject score: every ``score_threshold`` x ``score_erosion_iterations`` pair, scored by whether every lesion
    subject scores above every healthy one and by the margin (min lesion + 1) / (max healthy + 1).
 
@@ -128,6 +129,13 @@ def segmentation_metrics(parser: ConfigParser, cases: list[dict]) -> dict:
     }
 
 
+def choose_postprocessing(rows: list[dict], dice_tolerance: float) -> dict:
+    """Fewest false-positive voxels among the rows within ``dice_tolerance`` of the best mean Dice."""
+    best_dice = max(r["mean_dice"] for r in rows)
+    close = [r for r in rows if r["mean_dice"] >= best_dice - dice_tolerance]
+    return min(close, key=lambda r: (r["mean_false_positive_voxels"], -r["mean_dice"]))
+
+
 def score_metrics(cases: list[dict], threshold: float, erosions: int) -> dict:
     lesion, normal = [], []
     for case in cases:
@@ -155,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     args.add_argument("--blend_modes", nargs="*", default=["constant", "gaussian"])
     args.add_argument("--grid", nargs="*", default=[], help="name=[v1,v2] post-processing values to try "
                       "(replaces that parameter's default list)")
+    args.add_argument("--dice_tolerance", type=float, default=0.005,
+                      help="mean-Dice margin within which fewer false positives win (default 0.005)")
     args.add_argument("--score_thresholds", type=float, nargs="*", default=DEFAULT_SCORE_THRESHOLDS)
     args.add_argument("--score_erosions", type=int, nargs="*", default=DEFAULT_SCORE_EROSIONS)
     args.add_argument("--override", nargs="*", default=[], help="name=JSON config values to set first, as "
@@ -212,8 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row))
     for name, value in defaults.items():
         parser[name] = value
-    best = max(results["postprocessing"], key=lambda r: (r["mean_dice"], -r["mean_false_positive_voxels"]))
-    results["best_postprocessing"] = best
+    results["best_postprocessing"] = best = choose_postprocessing(results["postprocessing"], opts.dice_tolerance)
 
     results["score"] = [
         score_metrics(cases, t, e) for t, e in itertools.product(opts.score_thresholds, opts.score_erosions)

@@ -31,7 +31,7 @@ def test_sweeps_inferer_postprocessing_and_score(tuning_set, tiny_weights, tmp_p
             f"generator_def={json.dumps(INFERENCE_GENERATOR)}", "--overlaps", "0", "0.25", "--blend_modes", "constant",
             "--grid", "segmentation_threshold=[0.0, 2.0]", "anomaly_erosion_radius=[0]", "anomaly_dilation_radius=[0]",
             "grow_steps=[0]", "grow_tissue_threshold=[0.55]", "--score_thresholds", "0.0", "2.0",
-            "--score_erosions", "0", "--json", str(output)]
+            "--score_erosions", "0", "--dice_tolerance", "0", "--json", str(output)]
     assert tune_postprocessing.main(argv) == 0
     results = json.loads(output.read_text())
     assert [(r["overlap"], r["mode"]) for r in results["inferer"]] == [(0.0, "constant"), (0.25, "constant")]
@@ -45,6 +45,14 @@ def test_sweeps_inferer_postprocessing_and_score(tuning_set, tiny_weights, tmp_p
     scores = {r["score_threshold"]: r for r in results["score"]}
     assert scores[2.0]["lesion_min"] == scores[2.0]["normal_max"] == 0 and not scores[2.0]["separated"]
     assert scores[0.0]["lesion_min"] > 0 and scores[0.0]["normal_max"] > 0
+
+
+def test_within_the_dice_tolerance_fewer_false_positives_win():
+    pairs = ((0.8, 20.0), (0.797, 9.0), (0.7, 0.0))
+    rows = [{"mean_dice": dice, "mean_false_positive_voxels": fp} for dice, fp in pairs]
+    assert tune_postprocessing.choose_postprocessing(rows, 0.005) is rows[1]
+    assert tune_postprocessing.choose_postprocessing(rows, 0.0) is rows[0]
+    assert tune_postprocessing.choose_postprocessing(rows, 0.2) is rows[2]
 
 
 def test_refuses_to_overwrite_results_and_unknown_parameters(tuning_set, tiny_weights, tmp_path, capsys):

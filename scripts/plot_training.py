@@ -1,0 +1,85 @@
+"""Plot the validation MSE and the training reconstruction loss of one or more training runs, from their TensorBoard
+logs (``<run>/tensorboard``, written by the training configs' ``TensorBoardStatsHandler``).
+
+    python scripts/plot_training.py runs/s1_large runs/s2_large runs/s2_blob --output docs/figures/training_curves.png
+
+The x axis is the epoch (a resumed run continues its parent's epochs). Training loss is averaged per epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+VALIDATION_TAG = "val_mse"
+TRAINING_TAG = "loss_recon"
+
+
+def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """tag -> [(step, value)] over every event file under ``log_dir``."""
+    scalars: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for events in sorted(log_dir.glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            scalars[tag].extend((e.step, e.value) for e in accumulator.Scalars(tag))
+    return scalars
+
+
+def per_epoch(points: list[tuple[int, float]], iterations_per_epoch: int) -> tuple[list[float], list[float]]:
+    """Iteration-level points averaged within each epoch."""
+    sums: dict[int, list[float]] = defaultdict(list)
+    for step, value in points:
+        sums[int((step - 1) // iterations_per_epoch) + 1].append(value)
+    epochs = sorted(sums)
+    return epochs, [sum(sums[e]) / len(sums[e]) for e in epochs]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders (each with a tensorboard/ folder)")
+    parser.add_argument("--output", type=Path, required=True, help="PNG to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    opts = parser.parse_args(argv)
+    if opts.output.exists() and not opts.overwrite:
+        print(f"error: {opts.output} exists; pass --overwrite to replace it", file=sys.stderr)
+        return 2
+    figure, (train_axis, val_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for run in opts.runs:
+        scalars = read_scalars(run / "tensorboard")
+        if VALIDATION_TAG not in scalars or TRAINING_TAG not in scalars:
+            print(f"error: {run}/tensorboard: no '{VALIDATION_TAG}' and '{TRAINING_TAG}' scalars", file=sys.stderr)
+            plt.close(figure)
+            return 2
+        validation = sorted(scalars[VALIDATION_TAG])
+        training = sorted(scalars[TRAINING_TAG])
+        # the validation handler logs at the epoch, the training handler at the global iteration; a run stopped by
+        # hand ends at most one epoch after its last validation, hence the rounding
+        iterations_per_epoch = max(1, round(training[-1][0] / validation[-1][0]))
+        epochs, losses = per_epoch(training, iterations_per_epoch)
+        train_axis.plot(epochs, losses, label=run.name, linewidth=0.8)
+        val_axis.plot(*zip(*validation), marker=".", label=run.name)
+    train_axis.set(title="training reconstruction loss (mean per epoch)", xlabel="epoch", yscale="log")
+    val_axis.set(title="validation MSE (whole volumes)", xlabel="epoch", yscale="log")
+    for axis in (train_axis, val_axis):
+        axis.legend()
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    opts.output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = opts.output.with_name(opts.output.name + ".tmp.png")
+    figure.savefig(temporary, dpi=100)
+    plt.close(figure)
+    temporary.replace(opts.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

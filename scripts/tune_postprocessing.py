@@ -95,6 +95,10 @@ def load_cases(parser: ConfigParser) -> list[dict]:
     return cases
 
 
+def has_lesion(case: dict) -> bool:
+    return case["truth"] is not None and bool(case["truth"].any())
+
+
 def reconstruct(network: torch.nn.Module, inferer, cases: list[dict], device: torch.device) -> float:
     """Run ``inferer`` on every case (writes ``case["pred"]``); returns the mean seconds per case."""
     start = time.perf_counter()
@@ -117,7 +121,7 @@ def segmentation_metrics(parser: ConfigParser, cases: list[dict]) -> dict:
     dice, false_positives = [], []
     for case in cases:
         wound = segment(steps, case, parser["image_key"])
-        if case["truth"] is not None and case["truth"].any():
+        if has_lesion(case):
             truth = case["truth"]
             dice.append(2.0 * float((wound & truth).sum()) / float(wound.sum() + truth.sum()))
         else:
@@ -140,7 +144,7 @@ def score_metrics(cases: list[dict], threshold: float, erosions: int) -> dict:
     lesion, normal = [], []
     for case in cases:
         score = subject_score(case["pred"][0], threshold, erosions)
-        (lesion if case["truth"] is not None and case["truth"].any() else normal).append(score)
+        (lesion if has_lesion(case) else normal).append(score)
     lesion_min = min(lesion) if lesion else 0
     normal_max = max(normal) if normal else 0
     return {
@@ -197,14 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     network.eval()
     inferer = parser.get_parsed_content("inferer")
     cases = load_cases(parser)
-    print(f"{len(cases)} cases, {sum(c['truth'] is not None and c['truth'].any() for c in cases)} with a lesion")
+    print(f"{len(cases)} cases, {sum(map(has_lesion, cases))} with a lesion")
 
     results: dict = {"datalist": opts.datalist, "checkpoint": opts.checkpoint, "inferer": [], "postprocessing": []}
     defaults = {name: parser[name] for name in grid}
     for overlap, mode in itertools.product(opts.overlaps, opts.blend_modes):
         inferer.overlap, inferer.mode = overlap, mode
         seconds = reconstruct(network, inferer, cases, device)
-        lesions = [c for c in cases if c["truth"] is not None and c["truth"].any()]
+        lesions = [c for c in cases if has_lesion(c)]
         ap = float(np.mean([average_precision(c["pred"][0], torch.from_numpy(c["truth"])) for c in lesions]))
         row = {"overlap": overlap, "mode": mode, "seconds_per_case": seconds, "mean_average_precision": ap}
         row.update(segmentation_metrics(parser, cases))

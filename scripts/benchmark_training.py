@@ -141,13 +141,19 @@ def make_discriminator(channels: int, layers: int, device: torch.device, channel
     return discriminator.to(device, memory_format=torch.channels_last_3d if channels_last else torch.preserve_format)
 
 
-def bundle_step(args, device, generator_kwargs, disc_channels, disc_layers, autocast_dtype):
-    """The bundle's iteration as the trainer runs it (discriminator weights channels-last, like the generator's)."""
+def bundle_networks(args, device, generator_kwargs, disc_channels, disc_layers):
+    """The bundle's generator and channels-last discriminator, in train mode, compiled when ``--compile`` asks."""
     generator = VQGANGenerator(**generator_kwargs).to(device).train()
     discriminator = make_discriminator(disc_channels, disc_layers, device, channels_last=True)
     maybe_compile(generator.encoder, args.compile)
     maybe_compile(generator.decoder, args.compile)
     maybe_compile(discriminator, args.compile)
+    return generator, discriminator
+
+
+def bundle_step(args, device, generator_kwargs, disc_channels, disc_layers, autocast_dtype):
+    """The bundle's iteration as the trainer runs it (discriminator weights channels-last, like the generator's)."""
+    generator, discriminator = bundle_networks(args, device, generator_kwargs, disc_channels, disc_layers)
     optimizer_g = torch.optim.Adam(generator.parameters(), lr=3e-4)
     optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=3e-4)
     images = torch.rand(args.batch, 1, args.size, args.size, args.size, device=device)
@@ -232,11 +238,7 @@ def peer_step(args, device, generator_kwargs, disc_channels, disc_layers, autoca
 
 def naive_bundle_step(args, device, generator_kwargs, disc_channels, disc_layers, autocast_dtype):
     """The bundle's own networks trained by ``plain_step``: isolates what ``gan_training_step`` saves."""
-    generator = VQGANGenerator(**generator_kwargs).to(device).train()
-    discriminator = make_discriminator(disc_channels, disc_layers, device, channels_last=True)
-    maybe_compile(generator.encoder, args.compile)
-    maybe_compile(generator.decoder, args.compile)
-    maybe_compile(discriminator, args.compile)
+    generator, discriminator = bundle_networks(args, device, generator_kwargs, disc_channels, disc_layers)
     images = torch.rand(args.batch, 1, args.size, args.size, args.size, device=device)
 
     def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -79,6 +79,16 @@ def test_step_losses_are_consistent():
     assert 1.0 <= float(out["perplexity"]) <= out["codes_used"] + 1e-4
 
 
+def _assert_equals_plain_vqvae_step(generator, reference, inputs, targets):
+    """``generator`` (already stepped) equals ``reference`` after one SGD(0.1) step on MSE + VQ loss alone."""
+    opt_ref = torch.optim.SGD(reference.parameters(), lr=0.1)
+    reconstruction, vq_loss, _ = reference.reconstruct(inputs)
+    (F.mse_loss(reconstruction, targets) + vq_loss).backward()
+    opt_ref.step()
+    for p_a, p_b in zip(generator.parameters(), reference.parameters()):
+        torch.testing.assert_close(p_a, p_b)
+
+
 def test_vqvae_step_without_discriminator():
     inputs, targets = _data()
     generator, _ = _models()
@@ -86,12 +96,7 @@ def test_vqvae_step_without_discriminator():
     reference = copy.deepcopy(generator)
     out = gan_training_step(generator, None, opt_g, None, inputs, targets)
     assert float(out["loss_adv"]) == 0.0 and float(out["loss_d"]) == 0.0 and float(out["adv_weight"]) == 0.0
-    opt_ref = torch.optim.SGD(reference.parameters(), lr=0.1)
-    reconstruction, vq_loss, _ = reference.reconstruct(inputs)
-    (F.mse_loss(reconstruction, targets) + vq_loss).backward()
-    opt_ref.step()
-    for p_a, p_b in zip(generator.parameters(), reference.parameters()):
-        torch.testing.assert_close(p_a, p_b)
+    _assert_equals_plain_vqvae_step(generator, reference, inputs, targets)
 
 
 def test_warmup_trains_discriminator_only():
@@ -104,12 +109,7 @@ def test_warmup_trains_discriminator_only():
     out = gan_training_step(generator, discriminator, opt_g, opt_d, inputs, targets, adversarial_enabled=False)
     assert float(out["adv_weight"]) == 0.0 and float(out["loss_d"]) > 0.0
     assert any(not torch.equal(p, q) for p, q in zip(discriminator.parameters(), before))
-    opt_ref = torch.optim.SGD(reference.parameters(), lr=0.1)
-    reconstruction, vq_loss, _ = reference.reconstruct(inputs)
-    (F.mse_loss(reconstruction, targets) + vq_loss).backward()
-    opt_ref.step()
-    for p_a, p_b in zip(generator.parameters(), reference.parameters()):
-        torch.testing.assert_close(p_a, p_b)
+    _assert_equals_plain_vqvae_step(generator, reference, inputs, targets)
 
 
 def test_stage2_frozen_decoder_and_codebook_stay_fixed():

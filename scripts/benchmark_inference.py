@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)  # the configs import configs/common.json relative to the bundle root
 
 from bundle.networks import AnomalyDetector  # noqa: E402
-from bundle.phantoms import make_phantom  # noqa: E402
+from jaw_phantoms.parametric import make_phantom  # noqa: E402
 from bundle.weights import load_verified_weights, write_checksum  # noqa: E402
 
 GRID = (90, 90, 83)

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bundle.phantoms import LESION_KINDS, make_phantom  # noqa: E402
+from jaw_phantoms.parametric import LESION_KINDS, make_phantom  # noqa: E402
 
 # voxel counts per label of the real DentalSegmentator map resampled to 2 mm (shared/real_anatomy.md)
 REAL_VOXELS_AT_2MM = {1: 22463, 2: 4832, 3: 1169, 4: 1000, 5: 101}

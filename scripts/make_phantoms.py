@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bundle.phantoms import JawPhantom, make_phantom  # noqa: E402
+from jaw_phantoms.parametric import JawPhantom, make_phantom  # noqa: E402
 
 DATALIST_NAME = "datalist.json"
 PREVIEW_NAME = "preview.png"

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bundle.phantoms import make_phantom  # noqa: E402
+from jaw_phantoms.parametric import make_phantom  # noqa: E402
 from make_phantoms import write_nifti  # noqa: E402
 
 SAMPLE_SEED = 90002

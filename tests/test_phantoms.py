@@ -1,4 +1,4 @@
-"""bundle/phantoms.py: anatomy plausible against real_anatomy.md, lesions with exact truth, reproducibility."""
+"""jaw_phantoms/parametric.py: anatomy plausible against real_anatomy.md, lesions with exact truth, reproducibility."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bundle.phantoms import (
+from jaw_phantoms.parametric import (
     CANAL,
     LESION_KINDS,
     LOWER_TEETH,

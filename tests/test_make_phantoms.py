@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import benchmark_phantoms  # noqa: E402
 import make_phantoms  # noqa: E402
 
-from bundle.phantoms import make_phantom  # noqa: E402
+from jaw_phantoms.parametric import make_phantom  # noqa: E402
 
 # tiny sets: coarse native spacing keeps each subject well under a second
 TINY = dict(train_subjects=1, val_subjects=1, test_subjects=2, lesion_fraction=1.0, spacing=1.6, seed=2)

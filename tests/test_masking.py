@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bundle.masking import RandTissueBlobDropout, RandTissueBlobDropoutd
-from bundle.phantoms import make_phantom
+from jaw_phantoms.parametric import make_phantom
 
 
 @pytest.fixture(scope="module")

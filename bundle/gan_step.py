@@ -26,7 +26,7 @@ def gan_training_step(
     inputs: torch.Tensor,
     targets: torch.Tensor,
     adversarial_weight_factor: float = 0.8,
-    adversarial_enabled: bool = True,
+    adversarial_scale: float = 1.0,
     delta: float = 1e-4,
     max_weight: float = 1e4,
     autocast_dtype: torch.dtype | None = None,
@@ -43,15 +43,17 @@ def gan_training_step(
         inputs: (B, 1, X, Y, Z) generator input (x', masked in stage 2); sizes divisible by the downsample factor.
         targets: (B, 1, X, Y, Z) what the generator must reconstruct (unmasked x'); also the discriminator's real.
         adversarial_weight_factor: the 0.8 of eq. 5.
-        adversarial_enabled: False during a warm-up: the generator gets no adversarial term while the
-            discriminator keeps training, so it is ready when the term switches on.
+        adversarial_scale: multiplies the adaptive weight (``bundle.losses.adversarial_schedule``: 0 during a
+            warm-up, then a ramp to 1). At 0 the generator gets no adversarial term while the discriminator keeps
+            training, so it is ready when the term switches on.
         delta, max_weight: stabiliser and upper clamp of the adaptive weight.
         autocast_dtype: None for float32, or torch.bfloat16 to run forward passes under autocast (losses stay
             float32). float16 is refused: it would need gradient scaling.
 
     Returns:
         detached scalar tensors ``loss_g``, ``loss_recon``, ``loss_vq``, ``loss_adv``, ``loss_d``, ``adv_weight``,
-        ``perplexity`` (0 where a term is off), and ``codes_used`` (int).
+        ``perplexity`` (0 where a term is off), and ``codes_used`` (int); ``adv_weight`` is the applied weight,
+        ``adversarial_scale`` times lambda of eq. 5.
     """
     if autocast_dtype == torch.float16:
         raise ValueError("autocast_dtype=float16 needs gradient scaling, which this step does not do; use bfloat16")
@@ -61,7 +63,9 @@ def gan_training_step(
         torch.autocast(device_type=inputs.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     )
     zero = torch.zeros((), device=inputs.device)
-    use_adversarial = discriminator is not None and adversarial_enabled
+    if not 0.0 <= adversarial_scale <= 1.0:
+        raise ValueError(f"adversarial_scale must be in [0, 1], got {adversarial_scale}")
+    use_adversarial = discriminator is not None and adversarial_scale > 0
 
     optimizer_g.zero_grad(set_to_none=True)
     balance_weight = generator.last_layer_weight
@@ -90,7 +94,7 @@ def gan_training_step(
                 recon_loss,
                 adv_surrogate,
                 balance_weight,
-                factor=adversarial_weight_factor,
+                factor=adversarial_weight_factor * adversarial_scale,
                 delta=delta,
                 max_weight=max_weight,
             )

@@ -1,5 +1,5 @@
 """VQ-GAN losses that MONAI lacks: BCE adversarial loss from PatchGAN logits, the adaptive adversarial weight
-(method.md sec. 3, eq. 5) and codebook usage statistics. The VQ loss itself is computed by
+(method.md sec. 3, eq. 5), the warm-up and ramp schedule of that weight, and codebook usage statistics. The VQ loss itself is computed by
 ``bundle.networks.VectorQuantizer``.
 
 Gap they fill: MONAI's ``PatchAdversarialLoss`` takes the discriminator's list output and applies its own
@@ -11,7 +11,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["adversarial_loss", "adaptive_adversarial_weight", "codebook_usage", "at_least_float32"]
+__all__ = [
+    "adversarial_loss",
+    "adaptive_adversarial_weight",
+    "adversarial_schedule",
+    "codebook_usage",
+    "at_least_float32",
+]
 
 
 def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
@@ -54,6 +60,24 @@ def adaptive_adversarial_weight(
     adv_grad = torch.autograd.grad(adv_loss, last_layer_weight, retain_graph=True)[0]
     weight = at_least_float32(recon_grad).norm() / (at_least_float32(adv_grad).norm() + delta)
     return (weight.clamp(0.0, max_weight) * factor).detach()
+
+
+def adversarial_schedule(iteration: int, warmup: int = 0, ramp: int = 0) -> float:
+    """Scale in [0, 1] of the adversarial term at ``iteration`` (counted from 1, as ignite counts).
+
+    0 during the first ``warmup`` iterations (the discriminator trains alone), then rising linearly, ``k / ramp`` at
+    the k-th iteration after the warm-up, and 1 from iteration ``warmup + ramp`` on; ``ramp`` 0 switches the term on
+    at once. Why a ramp: switched on at full weight after a warm-up, the adversarial gradient is suddenly as large as
+    the reconstruction gradient at the last layer (eq. 5) and much larger in the layers before it, and the
+    reconstruction fell apart (docs/training.md).
+    """
+    if warmup < 0 or ramp < 0:
+        raise ValueError(f"warmup and ramp must be >= 0, got {warmup} and {ramp}")
+    if iteration <= warmup:
+        return 0.0
+    if ramp == 0:
+        return 1.0
+    return min(1.0, (iteration - warmup) / ramp)
 
 
 def codebook_usage(indices: torch.Tensor, num_embeddings: int) -> tuple[torch.Tensor, int]:

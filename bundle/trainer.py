@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from bundle.gan_step import gan_training_step
+from bundle.losses import adversarial_schedule
 
 __all__ = ["VQGANTrainer", "DistributedGenerator", "scalar_outputs", "init_stage2", "check_output_dir"]
 
@@ -84,8 +85,9 @@ class VQGANTrainer(Trainer):
     unmasked x'; when the batch has no ``"label"`` the input is its own target, as in stage 1).
 
     ``engine.state.output`` after each iteration holds ``image``, ``label`` and the detached scalars of the step:
-    ``loss`` (= ``loss_g``), ``loss_g``, ``loss_recon``, ``loss_vq``, ``loss_adv``, ``loss_d``, ``adv_weight``
-    (lambda of eq. 5), ``perplexity`` and ``codes_used`` of the codebook; ``scalar_outputs`` picks the scalars for
+    ``loss`` (= ``loss_g``), ``loss_g``, ``loss_recon``, ``loss_vq``, ``loss_adv``, ``loss_d``, ``adv_scale`` (the
+    warm-up/ramp scale, ``bundle.losses.adversarial_schedule``), ``adv_weight`` (``adv_scale`` times lambda of
+    eq. 5), ``perplexity`` and ``codes_used`` of the codebook; ``scalar_outputs`` picks the scalars for
     ``StatsHandler`` / ``TensorBoardStatsHandler``.
 
     Args:
@@ -104,6 +106,8 @@ class VQGANTrainer(Trainer):
         adversarial_delta: delta of eq. 5.
         discriminator_warmup: iterations (counted from 1) without the adversarial term in the generator loss; the
             discriminator trains meanwhile.
+        adversarial_ramp: iterations after the warm-up over which the adversarial term's scale rises linearly from
+            0 to 1 (0: full weight at once).
         autocast_dtype: ``None`` for float32, ``torch.bfloat16`` for mixed precision (float16 is refused).
         epoch_length: iterations per epoch, default ``len(train_data_loader)``.
         non_blocking: non-blocking host-to-device copies.
@@ -126,6 +130,7 @@ class VQGANTrainer(Trainer):
         adversarial_weight_factor: float = 0.8,
         adversarial_delta: float = 1e-4,
         discriminator_warmup: int = 0,
+        adversarial_ramp: int = 0,
         autocast_dtype: torch.dtype | None = None,
         epoch_length: int | None = None,
         non_blocking: bool = False,
@@ -137,8 +142,11 @@ class VQGANTrainer(Trainer):
             raise ValueError("VQGANTrainer: a discriminator was given without discriminator_optimizer")
         if inferer is not None and not isinstance(inferer, SimpleInferer):
             raise ValueError(f"VQGANTrainer: the GAN step calls the generator directly; got inferer {inferer!r}")
-        if discriminator_warmup < 0:
-            raise ValueError(f"VQGANTrainer: discriminator_warmup must be >= 0, got {discriminator_warmup}")
+        if discriminator_warmup < 0 or adversarial_ramp < 0:
+            raise ValueError(
+                f"VQGANTrainer: discriminator_warmup and adversarial_ramp must be >= 0, got {discriminator_warmup} "
+                f"and {adversarial_ramp}"
+            )
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -159,6 +167,7 @@ class VQGANTrainer(Trainer):
         self.adversarial_weight_factor = adversarial_weight_factor
         self.adversarial_delta = adversarial_delta
         self.discriminator_warmup = discriminator_warmup
+        self.adversarial_ramp = adversarial_ramp
         self.autocast_dtype = autocast_dtype
 
     def set_train_modes(self) -> None:
@@ -177,6 +186,7 @@ class VQGANTrainer(Trainer):
             targets = inputs
         # the engine's validation (network.eval()) and any handler may have changed modes since the last iteration
         engine.set_train_modes()
+        scale = adversarial_schedule(engine.state.iteration, engine.discriminator_warmup, engine.adversarial_ramp)
         step = gan_training_step(
             engine.generator,
             engine.discriminator,
@@ -185,12 +195,12 @@ class VQGANTrainer(Trainer):
             inputs,
             targets,
             adversarial_weight_factor=engine.adversarial_weight_factor,
-            adversarial_enabled=engine.state.iteration > engine.discriminator_warmup,
+            adversarial_scale=scale,
             delta=engine.adversarial_delta,
             autocast_dtype=engine.autocast_dtype,
         )
         engine.state.output = {CommonKeys.IMAGE: inputs, CommonKeys.LABEL: targets, CommonKeys.LOSS: step["loss_g"]}
-        engine.state.output.update(step)
+        engine.state.output.update(step, adv_scale=scale)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
 

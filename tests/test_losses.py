@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bundle.losses import adaptive_adversarial_weight, adversarial_loss, codebook_usage
+from bundle.losses import adaptive_adversarial_weight, adversarial_loss, adversarial_schedule, codebook_usage
 
 
 class _ToyGenerator(nn.Module):
@@ -98,3 +98,12 @@ def test_codebook_usage_known_indices():
     perplexity, used = codebook_usage(skewed, num_embeddings=2)
     assert used == 2 and float(perplexity) == pytest.approx(math.exp(entropy), rel=1e-6)
     assert perplexity.dtype == torch.float32
+
+
+def test_adversarial_schedule_warms_up_then_ramps_linearly():
+    scales = [adversarial_schedule(iteration, warmup=3, ramp=4) for iteration in range(1, 10)]
+    assert scales == [0.0, 0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert [adversarial_schedule(iteration, warmup=2) for iteration in (2, 3)] == [0.0, 1.0]  # no ramp: a switch
+    assert adversarial_schedule(1) == 1.0  # the paper's form: no warm-up, full weight from the first iteration
+    with pytest.raises(ValueError, match="ramp"):
+        adversarial_schedule(5, warmup=1, ramp=-1)

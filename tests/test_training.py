@@ -18,6 +18,7 @@ import pytest
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.networks.nets import PatchDiscriminator
 from monai.transforms import CenterSpatialCrop
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -34,7 +35,17 @@ CPU = "configs/train_cpu.json"
 # about 50 times slower than a single thread (measured: 7 s versus 0.1 s per iteration).
 SINGLE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 ITERATIONS_PER_EPOCH = 2  # 3 training phantoms, batch 2
-LOGGED_SCALARS = {"loss_g", "loss_recon", "loss_vq", "loss_adv", "loss_d", "adv_weight", "perplexity", "codes_used"}
+LOGGED_SCALARS = {
+    "loss_g",
+    "loss_recon",
+    "loss_vq",
+    "loss_adv",
+    "loss_d",
+    "adv_scale",
+    "adv_weight",
+    "perplexity",
+    "codes_used",
+}
 
 
 def run_training(config_files: list, *overrides: str, processes: int = 0) -> subprocess.CompletedProcess:
@@ -149,7 +160,9 @@ def test_stage1_cli_saves_checkpoints_and_logs(stage1):
     assert len(scalars["loss_recon"]) == 2 * ITERATIONS_PER_EPOCH
     assert [step for step, _ in scalars["val_mse"]] == [1, 2]
     assert all(0 < value <= 16 for _, value in scalars["codes_used"])  # tiny codebook: 16 codes
-    assert all(value > 0 for _, value in scalars["adv_weight"])
+    # default schedule: the first half of the run is the warm-up (4 // 6 = no ramp), the second at full weight
+    assert [value > 0 for _, value in sorted(scalars["adv_weight"])] == [False, False, True, True]
+    assert [value for _, value in sorted(scalars["adv_scale"])] == [0.0, 0.0, 1.0, 1.0]
     assert "adv_weight" in (stage1 / "stdout.txt").read_text()  # StatsHandler
 
 
@@ -309,3 +322,27 @@ def test_trainer_needs_a_discriminator_optimizer():
     optimizer = torch.optim.Adam(generator.parameters())
     with pytest.raises(ValueError, match="discriminator_optimizer"):
         VQGANTrainer("cpu", 1, [], generator, optimizer, discriminator=torch.nn.Linear(1, 1))
+
+
+def test_trainer_applies_warmup_and_ramp(tiny_generator_def):
+    torch.manual_seed(0)
+    generator = ConfigParser({"generator": tiny_generator_def}).get_parsed_content("generator")
+    discriminator = PatchDiscriminator(spatial_dims=3, channels=4, in_channels=1, num_layers_d=2)
+    batches = [{"image": torch.rand(2, 1, 16, 16, 16, generator=torch.Generator().manual_seed(i))} for i in range(5)]
+    trainer = VQGANTrainer(
+        "cpu",
+        1,
+        batches,
+        generator,
+        torch.optim.Adam(generator.parameters()),
+        discriminator,
+        torch.optim.Adam(discriminator.parameters()),
+        discriminator_warmup=1,
+        adversarial_ramp=2,
+    )
+    logged = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: logged.append(engine.state.output))
+    trainer.run()
+    assert [output["adv_scale"] for output in logged] == [0.0, 0.5, 1.0, 1.0, 1.0]
+    assert float(logged[0]["adv_weight"]) == 0.0 and float(logged[0]["loss_d"]) > 0  # warm-up: D trains alone
+    assert all(float(output["adv_weight"]) > 0 and float(output["loss_adv"]) > 0 for output in logged[1:])

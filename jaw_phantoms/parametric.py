@@ -27,6 +27,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.interpolate import CubicSpline
 
+from jaw_phantoms.primitives import Capsule, Ellipsoid, SmoothNoise, even_power, rotation_matrix
+
 OTHER, UPPER_SKULL, MANDIBLE, UPPER_TEETH, LOWER_TEETH, CANAL = range(6)
 LESION_KINDS = ("none", "onj", "teeth_and_jaw_removed")
 LOWER_JAW_LABELS = (MANDIBLE, LOWER_TEETH, CANAL)
@@ -86,92 +88,6 @@ _ARCH_CONTROL_MM = np.array(
 _HU_AIR, _HU_SOFT, _HU_MUSCLE = -1000.0, 30.0, 60.0
 _HU_SKULL, _HU_MANDIBLE, _HU_CORTEX = 950.0, 1050.0, 1400.0
 _HU_ROOT, _HU_ENAMEL, _HU_CANAL = 1700.0, 2300.0, 250.0
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# primitives
-
-
-@dataclass(frozen=True, eq=False)
-class SmoothNoise:
-    """A smooth random field in [-1, 1]: a weighted sum of plane waves in subject millimetres (spacing-independent)."""
-
-    directions: np.ndarray  # (K, 3) unit vectors
-    wavenumbers: np.ndarray  # (K,) radians per mm
-    phases: np.ndarray  # (K,)
-    weights: np.ndarray  # (K,), summing to 1
-
-    @classmethod
-    def sample(cls, rng: np.random.Generator, waves: int, wavelength_mm: tuple[float, float]) -> SmoothNoise:
-        directions = rng.normal(size=(waves, 3))
-        directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-        wavenumbers = 2.0 * np.pi / rng.uniform(*wavelength_mm, size=waves)
-        weights = rng.uniform(0.5, 1.0, size=waves)
-        return cls(directions, wavenumbers, rng.uniform(0.0, 2.0 * np.pi, size=waves), weights / weights.sum())
-
-    def __call__(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-        field = np.zeros(np.broadcast_shapes(x.shape, y.shape, z.shape), dtype=np.float32)
-        for (ux, uy, uz), k, phase, weight in zip(self.directions, self.wavenumbers, self.phases, self.weights):
-            field += np.float32(weight) * np.sin(
-                np.float32(k * ux) * x + np.float32(k * uy) * y + np.float32(k * uz) * z + np.float32(phase)
-            )
-        return field
-
-
-@dataclass(frozen=True, eq=False)
-class Ellipsoid:
-    """Superellipsoid ``sum |(p - centre) / radii| ** exponent <= 1`` in subject millimetres (exponent 2 or 4)."""
-
-    centre: tuple[float, float, float]
-    radii: tuple[float, float, float]
-    exponent: int = 2
-
-    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.subtract(self.centre, self.radii), np.add(self.centre, self.radii)
-
-    def distance(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-        """Approximate signed distance in mm (negative inside), exact on the principal axes."""
-        total = np.zeros(np.broadcast_shapes(x.shape, y.shape, z.shape), dtype=np.float32)
-        for coordinate, centre, radius in zip((x, y, z), self.centre, self.radii):
-            total += _even_power((coordinate - np.float32(centre)) / np.float32(radius), self.exponent)
-        return (total ** np.float32(1.0 / self.exponent) - 1.0) * np.float32(min(self.radii))
-
-
-@dataclass(frozen=True, eq=False)
-class Capsule:
-    """All points within ``radius`` mm of the segment from ``start`` to ``end`` (subject millimetres)."""
-
-    start: tuple[float, float, float]
-    end: tuple[float, float, float]
-    radius: float
-
-    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.minimum(self.start, self.end) - self.radius, np.maximum(self.start, self.end) + self.radius
-
-    def distance(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-        axis = np.subtract(self.end, self.start)
-        offsets = [coordinate - np.float32(origin) for coordinate, origin in zip((x, y, z), self.start)]
-        t = sum(np.float32(a) * o for a, o in zip(axis, offsets)) / np.float32(axis @ axis)
-        np.clip(t, 0.0, 1.0, out=t)
-        squared = sum((o - np.float32(a) * t) ** 2 for a, o in zip(axis, offsets))
-        return np.sqrt(squared) - np.float32(self.radius)
-
-
-def _even_power(values: np.ndarray, exponent: int) -> np.ndarray:
-    """``values ** exponent`` for an even exponent by repeated squaring (much faster than ``np.power``)."""
-    result = values * values
-    for _ in range(exponent.bit_length() - 2):
-        result *= result
-    return result
-
-
-def _rotation(angles_deg: np.ndarray) -> np.ndarray:
-    """Rotation matrix for intrinsic rotations about x, y and z (degrees)."""
-    ax, ay, az = np.deg2rad(angles_deg)
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    return rz @ ry @ rx
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -359,7 +275,7 @@ def sample_subject(seed: int) -> JawSubject:
     condyle_xy = arch.point(ramus_front + ramus_width - 5.0 + mandible["ramus_tilt"] * (condyle_top - bottom))
     soft_tissue, airway = _sample_soft_tissue(rng, arch_scale, bottom, condyle_xy)
 
-    rotation = _rotation(rng.uniform(-5.0, 5.0, size=3))
+    rotation = rotation_matrix(rng.uniform(-5.0, 5.0, size=3))
     translation = rng.uniform(-20.0, 20.0, size=3)
     fov_size = rng.uniform([145.0, 145.0, 140.0], [185.0, 185.0, 175.0])
     front = 4.0 * arch_scale[1] + rng.uniform(12.0, 24.0)
@@ -683,7 +599,7 @@ def _jaw_fields(subject: JawSubject, grid: _Grid, arch: ArchCurve) -> _JawFields
     ).astype(np.float32)
     # the alveolar part is narrower than the basal part
     half_width = np.float32(m["half_width"]) * (1.0 - np.float32(0.2) * np.clip((z - bottom) / (crest - bottom), 0, 1))
-    level = _even_power(d / half_width, 4) + _even_power((z - (crest + bottom) / 2) / ((crest - bottom) / 2), 4)
+    level = even_power(d / half_width, 4) + even_power((z - (crest + bottom) / 2) / ((crest - bottom) / 2), 4)
     body_end = m["ramus_front"] + 0.45 * m["ramus_width"]
     body = (level <= 1.0) & (abs_s <= body_end)
     cortex = body & (level > 0.55)
@@ -696,9 +612,9 @@ def _jaw_fields(subject: JawSubject, grid: _Grid, arch: ArchCurve) -> _JawFields
         + m["coronoid_height"] * np.exp(-(((s_ramus - m["ramus_front"] - 4.0) / 5.0) ** 2))
         + m["condyle_height"] * np.exp(-(((s_ramus - m["ramus_front"] - m["ramus_width"] + 5.0) / 5.5) ** 2))
     )
-    ramus_outline = _even_power((s_ramus - np.float32(ramus_start)) / np.float32(0.5 * m["ramus_width"]), 4)
+    ramus_outline = even_power((s_ramus - np.float32(ramus_start)) / np.float32(0.5 * m["ramus_width"]), 4)
     ramus_middle, ramus_half_height = (ramus_low + ramus_high) / 2, (ramus_high - ramus_low) / 2
-    ramus_outline += _even_power((z - np.float32(ramus_middle)) / np.float32(ramus_half_height), 4)
+    ramus_outline += even_power((z - np.float32(ramus_middle)) / np.float32(ramus_half_height), 4)
     ramus = (ramus_outline <= 1.0) & (z <= top) & (np.abs(d) <= np.float32(m["ramus_half_width"]))
     condyle_centre_s = m["ramus_front"] + m["ramus_width"] - 5.0
     condyle = (
@@ -781,7 +697,7 @@ def _draw_teeth(
             half_u = np.float32(a) * radius
         half_v = np.float32(b) * radius
         with np.errstate(divide="ignore", invalid="ignore"):
-            inside = _even_power(u / half_u, 4) + _even_power(v / half_v, 4) <= 1.0
+            inside = even_power(u / half_u, 4) + even_power(v / half_v, 4) <= 1.0
         inside &= (depth >= 0.0) & (depth <= crown_height + root_length) & (radius > 0.0)
         tooth[local][inside] = index
         crown[local][inside] = in_crown[inside]
@@ -901,9 +817,9 @@ def _lesion_region(
         return removed
     p = lesion.exponent
     level = (
-        _even_power((jaw.s[local] - np.float32(lesion.s_centre)) / np.float32(lesion.s_half), p)
-        + _even_power((jaw.d[local] - np.float32(lesion.d_centre)) / np.float32(lesion.d_half), p)
-        + _even_power((jaw.z[local] - np.float32(lesion.z_top)) / np.float32(lesion.depth), p)
+        even_power((jaw.s[local] - np.float32(lesion.s_centre)) / np.float32(lesion.s_half), p)
+        + even_power((jaw.d[local] - np.float32(lesion.d_centre)) / np.float32(lesion.d_half), p)
+        + even_power((jaw.z[local] - np.float32(lesion.z_top)) / np.float32(lesion.depth), p)
     )
     if lesion.noise is not None:
         level += np.float32(lesion.roughness) * lesion.noise(jaw.x[local], jaw.y[local], jaw.z[local])

@@ -182,7 +182,7 @@ class Solid:
 
 @dataclass(frozen=True, eq=False)
 class Deformation:
-    """Per-axis scale and a smooth displacement: subject point p -> shape-frame point p / scale + amplitude * noise(p)."""
+    """Per-axis scale and a smooth displacement: subject point p -> shape point p / scale + amplitude * noise(p)."""
 
     scale: np.ndarray
     amplitude: float
@@ -226,7 +226,7 @@ class JawSubject:
 
 
 def sample_subject(seed: int, options: AnatomyOptions | None = None) -> JawSubject:
-    """Draw subject ``seed``: a bank shape of ``options.shape_split``, its teeth, canal, skull, pose and field of view."""
+    """Draw subject ``seed``: a bank shape of ``options.shape_split``, teeth, canal, skull, pose and field of view."""
     options = options or AnatomyOptions()
     rng = np.random.default_rng([seed, 0])
     entries = bank_entries(options.shape_split, options.bank_dir)

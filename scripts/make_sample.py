@@ -19,10 +19,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
 from jaw_phantoms.parametric import make_phantom  # noqa: E402
-from make_phantoms import write_nifti  # noqa: E402
+from jaw_phantoms.writing import write_nifti  # noqa: E402
 
 SAMPLE_SEED = 90002
 FILES = ("onj_phantom_labels.nii.gz", "onj_phantom_cbct.nii.gz", "onj_phantom_truth.nii.gz")

@@ -6,9 +6,7 @@ widths, crop size, epochs, worker processes), so that the tests go through the s
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ import torch
 
 from bundle.networks import AnomalyDetector, VQGANGenerator
 from bundle.weights import write_checksum
+from jaw_phantoms.writing import make_phantom_set
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,20 +35,11 @@ INFERENCE_GENERATOR = {
 }
 
 
-def _load_phantom_script():
-    spec = importlib.util.spec_from_file_location("make_phantoms", ROOT / "scripts" / "make_phantoms.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while the script is executed
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="session")
 def phantom_dataset(tmp_path_factory) -> Path:
     """Folder with 3 training and 1 validation phantom (written at the model's 2 mm) and their ``datalist.json``."""
     folder = tmp_path_factory.mktemp("phantoms") / "data"
-    make_phantoms = _load_phantom_script()
-    datalist = make_phantoms.make_phantom_set(
+    datalist = make_phantom_set(
         folder, train_subjects=3, val_subjects=1, test_subjects=0, spacing=2.0, preview=False, log=lambda *_: None
     )
     return Path(datalist).parent

@@ -19,9 +19,9 @@ SCRIPT = ROOT / "scripts" / "make_phantoms.py"
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import benchmark_phantoms  # noqa: E402
-import make_phantoms  # noqa: E402
 
-from jaw_phantoms.parametric import make_phantom  # noqa: E402
+from jaw_phantoms import writing as make_phantoms  # noqa: E402
+
 
 # tiny sets: coarse native spacing keeps each subject well under a second
 TINY = dict(train_subjects=1, val_subjects=1, test_subjects=2, lesion_fraction=1.0, spacing=1.6, seed=2)
@@ -67,7 +67,7 @@ def test_files_load_in_monai_with_the_planned_spacing_and_content(tiny_set):
         assert entry["seed"] == plan.seed and entry["lesion"] == plan.lesion
         labels = loader(str(tiny_set / entry["image"]))
         np.testing.assert_allclose(labels.pixdim, plan.spacing, rtol=1e-5)
-        phantom = make_phantom(plan.seed, plan.spacing, plan.lesion, plan.axcodes)
+        phantom = make_phantoms.generate(plan)
         np.testing.assert_array_equal(np.asarray(labels), phantom.labels)
         np.testing.assert_allclose(np.asarray(labels.affine), phantom.affine, atol=1e-4)
         ras = Orientation(axcodes="RAS")(labels[None])
@@ -108,14 +108,15 @@ def test_refuses_a_non_empty_folder_unless_overwrite(tmp_path):
 
 def test_an_interrupted_run_leaves_nothing_behind(tmp_path, monkeypatch):
     calls = []
+    generate = make_phantoms.generate
 
     def failing_phantom(*args, **kwargs):
         if calls:
             raise KeyboardInterrupt
         calls.append(args)
-        return make_phantom(*args, **kwargs)
+        return generate(*args, **kwargs)
 
-    monkeypatch.setattr(make_phantoms, "make_phantom", failing_phantom)
+    monkeypatch.setattr(make_phantoms, "generate", failing_phantom)
     with pytest.raises(KeyboardInterrupt):
         make_phantoms.make_phantom_set(
             tmp_path / "data", train_subjects=2, val_subjects=0, test_subjects=0, spacing=2.5, log=lambda _: None
@@ -148,7 +149,10 @@ def test_command_line_errors_are_one_line_with_exit_code_2(tmp_path):
 def test_plan_mixes_lesion_kinds_only_in_the_test_split():
     plans = make_phantoms.plan_cases(4, 2, 10, 0.6, 1.0, 0.25, 0.25, seed=0)
     kinds = [plan.lesion for plan in plans if plan.split == "test"]
-    assert kinds.count("onj") == 3 and kinds.count("teeth_and_jaw_removed") == 3 and kinds.count("none") == 4
+    assert kinds.count("onj") == 3 and kinds.count("teeth_and_jaw_removed") == 2 and kinds.count("onj_maxilla") == 1
+    assert kinds.count("none") == 4
+    parametric = make_phantoms.plan_cases(4, 2, 10, 0.6, 1.0, 0.25, 0.25, seed=0, style="parametric")
+    assert {plan.lesion for plan in parametric} == {"none", "onj", "teeth_and_jaw_removed"}
     assert all(plan.lesion == "none" for plan in plans if plan.split != "test")
     assert len({plan.seed for plan in plans}) == len(plans)
     assert plans == make_phantoms.plan_cases(4, 2, 10, 0.6, 1.0, 0.25, 0.25, seed=0)

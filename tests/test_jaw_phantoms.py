@@ -1,0 +1,130 @@
+"""jaw_phantoms on the real mandible bank: the bank's split and checks, landmarks, anatomy, lesions with exact truth."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from jaw_phantoms.anatomy import CANAL, LOWER_TEETH, MANDIBLE, UPPER_SKULL, UPPER_TEETH, AnatomyOptions
+from jaw_phantoms.phantom import make_phantom
+from jaw_phantoms.shape_bank import BANK_DIR, BANK_INDEX, bank_entries, load_shape, measure_landmarks
+
+HELD_OUT = AnatomyOptions(shape_split="held_out", field_of_view="face")
+
+
+@pytest.fixture(scope="module")
+def face_phantom():
+    return make_phantom(11, spacing=1.5, options=AnatomyOptions(field_of_view="face"))
+
+
+def test_bank_is_split_by_patient_and_lists_its_excluded_shapes():
+    index = json.loads((BANK_DIR / BANK_INDEX).read_text())
+    patients = {
+        split: {s["patient"] for s in index["shapes"] if s["split"] == split} for split in ("training", "held_out")
+    }
+    assert patients["training"] and patients["held_out"] and not patients["training"] & patients["held_out"]
+    splits_of_0727 = {s["split"] for s in index["shapes"] if s["patient"] == "0522c0727"}
+    assert len(splits_of_0727) == 1
+    assert {e["case"] for e in index["excluded"]} == {"TCGA-CV-A6JY"}
+    assert len(bank_entries("training")) + len(bank_entries("held_out")) == len(index["shapes"])
+
+
+def test_a_damaged_or_missing_bank_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="bank.json"):
+        bank_entries("training", tmp_path)
+    shutil.copy(BANK_DIR / BANK_INDEX, tmp_path / BANK_INDEX)
+    entry = bank_entries("held_out", tmp_path)[0]
+    with pytest.raises(FileNotFoundError, match=entry.path.name):
+        load_shape(entry.path, entry.sha256)
+    entry.path.write_bytes(b"not a shape")
+    with pytest.raises(ValueError, match=f"{entry.path.name}: checksum"):
+        load_shape(entry.path, entry.sha256)
+    (tmp_path / BANK_INDEX).write_text("{")
+    with pytest.raises(ValueError, match="not a valid shape bank index"):
+        bank_entries("training", tmp_path)
+    with pytest.raises(ValueError, match="unknown shape split"):
+        bank_entries("test")
+
+
+def test_landmarks_lie_on_the_bone():
+    entry = bank_entries("training")[0]
+    shape = load_shape(entry.path, entry.sha256)
+    landmarks = measure_landmarks(shape)
+    assert np.allclose(shape.mirrored().mirrored().occupancy, shape.occupancy)
+    # the crest centre curve runs on bone: 4 mm under the crest, every tooth-bearing arch point is inside it
+    for side, end in zip((-1, 1), landmarks.teeth_end):
+        assert 30.0 < end < 75.0
+        s = side * np.arange(0.0, end, 2.0)
+        point, _, _ = landmarks.at(s)
+        below_crest = np.column_stack([point, landmarks.crest(s) - 4.0]).astype(np.float32)
+        assert np.mean(shape.sample(below_crest) >= 128) > 0.9
+    # the condyles are the mandible's highest points at the back, the foramina lie below them
+    assert np.all(landmarks.condyles[:, 2] > landmarks.crest(0.0) + 20.0)
+    assert np.all(landmarks.foramina[:, 2] < landmarks.condyles[:, 2] - 10.0)
+
+
+def test_a_face_phantom_has_every_structure_in_place(face_phantom):
+    labels = face_phantom.labels
+    assert labels.dtype == np.int16 and set(np.unique(labels)) == {0, 1, 2, 3, 4, 5}
+    # the canal runs inside the bone: nearly all its neighbours are mandible or canal
+    canal = labels == CANAL
+    shell = ndimage.binary_dilation(canal) & ~canal
+    assert np.isin(labels[shell], (MANDIBLE, CANAL, LOWER_TEETH)).mean() > 0.9
+    # lower teeth stand in the mandible, upper teeth in the upper skull, and the two rows meet
+    for teeth, bone in ((LOWER_TEETH, MANDIBLE), (UPPER_TEETH, UPPER_SKULL)):
+        shell = ndimage.binary_dilation(labels == teeth) & (labels != teeth)
+        assert np.mean(labels[shell] == bone) > 0.2
+    cube = np.ones((3, 3, 3), dtype=bool)
+    in_contact = ndimage.binary_dilation(labels == UPPER_TEETH, cube) & (labels == LOWER_TEETH)
+    assert in_contact.sum() > 20
+    # the skull sits above the mandible's body, the field of view reaches far above the teeth
+    assert np.argwhere(labels == UPPER_SKULL)[:, 2].mean() > np.argwhere(labels == MANDIBLE)[:, 2].mean()
+    assert labels.shape[2] * 1.5 > 120.0
+
+
+def test_fields_of_view_go_from_the_lower_jaw_to_the_face():
+    heights = {}
+    for fov in ("lower_jaw", "jaws", "face"):
+        phantom = make_phantom(3, spacing=2.0, options=AnatomyOptions(field_of_view=fov), with_cbct=False)
+        heights[fov] = phantom.labels.shape[2]
+        assert (phantom.labels == MANDIBLE).any()
+    assert heights["lower_jaw"] < heights["jaws"] < heights["face"]
+
+
+def test_the_same_seed_gives_the_same_phantom_and_the_lesion_keeps_the_anatomy():
+    healthy = make_phantom(21, spacing=2.0, options=HELD_OUT)
+    again = make_phantom(21, spacing=2.0, options=HELD_OUT)
+    np.testing.assert_array_equal(healthy.labels, again.labels)
+    np.testing.assert_array_equal(healthy.cbct, again.cbct)
+    lesioned = make_phantom(21, spacing=2.0, lesion="onj", options=HELD_OUT, with_cbct=False)
+    np.testing.assert_array_equal(lesioned.healthy_labels, healthy.labels)
+
+
+@pytest.mark.parametrize("kind", ["onj", "onj_maxilla", "teeth_and_jaw_removed"])
+def test_lesion_truth_is_exactly_the_removed_tissue(kind):
+    phantom = make_phantom(5, spacing=1.0, lesion=kind, options=HELD_OUT, lesion_volume_ml=2.0, with_cbct=False)
+    removed = (phantom.healthy_labels > 0) & (phantom.labels == 0)
+    np.testing.assert_array_equal(phantom.truth.astype(bool), removed)
+    assert np.array_equal(phantom.labels[~removed], phantom.healthy_labels[~removed])
+    volume_ml = phantom.truth.sum() / 1000.0
+    if kind == "teeth_and_jaw_removed":
+        assert volume_ml > 1.0 and set(np.unique(phantom.healthy_labels[removed])) >= {MANDIBLE, LOWER_TEETH}
+    else:
+        assert volume_ml == pytest.approx(2.0, rel=0.1)
+        site = MANDIBLE if kind == "onj" else UPPER_SKULL
+        assert np.mean(phantom.healthy_labels[removed] == site) > 0.5
+
+
+def test_impossible_requests_are_refused_with_a_reason():
+    with pytest.raises(ValueError, match="held-out shapes only"):
+        make_phantom(1, spacing=2.0, lesion="onj")
+    with pytest.raises(ValueError, match="does not fit"):
+        make_phantom(1, spacing=2.0, lesion="onj", options=HELD_OUT, lesion_volume_ml=500.0, with_cbct=False)
+    with pytest.raises(ValueError, match="field of view"):
+        AnatomyOptions(field_of_view="whole_body")
+    with pytest.raises(ValueError, match="spacing"):
+        make_phantom(1, spacing=0.0)

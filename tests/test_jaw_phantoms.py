@@ -128,3 +128,18 @@ def test_impossible_requests_are_refused_with_a_reason():
         AnatomyOptions(field_of_view="whole_body")
     with pytest.raises(ValueError, match="spacing"):
         make_phantom(1, spacing=0.0)
+
+
+@pytest.mark.slow
+def test_realism_table_and_figure_come_from_the_script(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(BANK_DIR.parents[2] / "scripts"))
+    import phantom_realism
+
+    table, figure = tmp_path / "realism.md", tmp_path / "projections.png"
+    assert phantom_realism.main(["--count", "1", "--markdown", str(table), "--figure", str(figure)]) == 0
+    text = table.read_text()
+    assert "| mandible | volume (cm^3) | 38.7 |" in text and "symphysis height" in text
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert phantom_realism.main(["--count", "0", "--markdown", str(table), "--figure", str(figure)]) == 2

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import INFERENCE_GENERATOR, _load_phantom_script
+from jaw_phantoms.writing import make_phantom_set
+from tests.conftest import INFERENCE_GENERATOR
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -18,7 +19,7 @@ import tune_postprocessing  # noqa: E402
 def tuning_set(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tune") / "data"
     return Path(
-        _load_phantom_script().make_phantom_set(
+        make_phantom_set(
             folder, train_subjects=0, val_subjects=0, test_subjects=2, lesion_fraction=0.5, spacing=2.0, seed=11,
             preview=False, log=lambda *_: None,
         )

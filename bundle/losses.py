@@ -1,6 +1,6 @@
 """VQ-GAN losses that MONAI lacks: BCE adversarial loss from PatchGAN logits, the adaptive adversarial weight
-(method.md sec. 3, eq. 5), the warm-up and ramp schedule of that weight, and codebook usage statistics. The VQ loss itself is computed by
-``bundle.networks.VectorQuantizer``.
+(method.md sec. 3, eq. 5), the warm-up and ramp schedule of that weight, and codebook usage statistics. The VQ loss
+itself is computed by ``bundle.networks.VectorQuantizer``.
 
 Gap they fill: MONAI's ``PatchAdversarialLoss`` takes the discriminator's list output and applies its own
 activation, and MONAI has no adaptive (gradient-norm balanced) adversarial weight.

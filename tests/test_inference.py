@@ -128,9 +128,9 @@ def _float_map(folder: Path) -> Path:
 
 @pytest.mark.slow
 def test_evaluation_overlay_scores_lesion_and_normal_cases(tiny_weights, tmp_path):
-    from tests.conftest import _load_phantom_script
+    from jaw_phantoms.writing import make_phantom_set
 
-    datalist = _load_phantom_script().make_phantom_set(
+    datalist = make_phantom_set(
         tmp_path / "eval_data", train_subjects=0, val_subjects=0, test_subjects=2, lesion_fraction=0.5,
         spacing=2.0, seed=5, preview=False, log=lambda *_: None,
     )

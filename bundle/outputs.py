@@ -98,8 +98,10 @@ class WriteCaseOutputsd(MapTransform):
     ``Invertd``); ``image_key`` (x'), ``anomaly_2mm_key``, ``recon1_key``, ``recon2_key``, ``wound_2mm_key`` on the
     2 mm model grid (scores and the figure are computed there, where the thresholds are defined).
     ``thresholds`` are recorded in the report as given; ``score_threshold``/``score_erosion_iterations`` define the
-    subject score (:func:`bundle.scoring.subject_score`). The report is also stored in the data under ``"report"``
-    for handlers (e.g. :class:`bundle.evaluation.AnomalyEvaluationHandler`).
+    subject score (:func:`bundle.scoring.subject_score`). With ``search_region_key`` (the anatomical search region of
+    :class:`bundle.search_region.JawSearchRegiond`, on the 2 mm grid) both subject scores count only the voxels inside
+    it; the saved anomaly map and the figure show the whole, unmasked map. The report is also stored in the data under
+    ``"report"`` for handlers (e.g. :class:`bundle.evaluation.AnomalyEvaluationHandler`).
     """
 
     def __init__(
@@ -112,6 +114,7 @@ class WriteCaseOutputsd(MapTransform):
         recon1_key: str = "recon1",
         recon2_key: str = "recon2",
         wound_2mm_key: str = "wound",
+        search_region_key: str | None = None,
         score_threshold: float = 0.1,
         score_erosion_iterations: int = 1,
         thresholds: Mapping | None = None,
@@ -124,6 +127,7 @@ class WriteCaseOutputsd(MapTransform):
         self.output_dir = Path(output_dir)
         self.wound_key, self.image_key = wound_key, image_key
         self.anomaly_2mm_key, self.wound_2mm_key = anomaly_2mm_key, wound_2mm_key
+        self.search_region_key = search_region_key
         self.recon1_key, self.recon2_key = recon1_key, recon2_key
         self.score_threshold, self.score_erosion_iterations = score_threshold, score_erosion_iterations
         self.thresholds = dict(thresholds or {})
@@ -134,12 +138,15 @@ class WriteCaseOutputsd(MapTransform):
         image = convert_to_numpy(data[self.image_key])[0]
         recon2 = convert_to_numpy(data[self.recon2_key])[0]
         score = dict(threshold=self.score_threshold, erosion_iterations=self.score_erosion_iterations)
+        region = None if self.search_region_key is None else convert_to_numpy(data[self.search_region_key])[0]
         return {
             "case": case_name(data[self.image_key]),
             "input": str(data[self.image_key].meta.get("filename_or_obj", "")),
             "subject_score": {
-                "two_reconstructions": subject_score(convert_to_numpy(data[self.anomaly_2mm_key])[0], **score),
-                "original_vs_reconstruction": subject_score(np.abs(recon2 - image), **score),
+                "two_reconstructions": subject_score(
+                    convert_to_numpy(data[self.anomaly_2mm_key])[0], region=region, **score
+                ),
+                "original_vs_reconstruction": subject_score(np.abs(recon2 - image), region=region, **score),
                 **score,
             },
             "num_regions": len(regions),

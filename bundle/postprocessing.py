@@ -11,10 +11,15 @@ The chain, as composed in the inference config (every number a constructor argum
 6. :class:`RemoveSoftTissued`: with the raw CBCT, remove soft-tissue voxels (no-op without it);
 7. :class:`RemoveSmallRegionsd`: drop regions below a size in voxels or mm^3.
 
+With the anatomical search region (:mod:`bundle.search_region`, an addition to the paper), MONAI's ``MaskIntensityd``
+restricts the binary mask S to the region before step 3, and :class:`MaskRegionsd` clips the regions to it again
+before step 7, since dilation and growing may reach beyond it.
+
 Gaps filled: MONAI's morphology (``monai.transforms.utils_morphological_ops``) is binary-only with a box footprint;
 MONAI has no transform that labels connected components into a region map, filters regions by their overlap with
-another image, grows labelled regions under a constraint, or removes voxels of a label map by an intensity window;
-``RemoveSmallObjects`` expects one-hot data, recomputes components and does not relabel consecutively.
+another image, grows labelled regions under a constraint, or removes voxels of a label map by an intensity window or
+a mask (``MaskIntensity`` zeroes them but leaves emptied regions and gaps in the numbering); ``RemoveSmallObjects``
+expects one-hot data, recomputes components and does not relabel consecutively.
 
 Every transform takes channel-first tensors (C, X, Y, Z) (numpy arrays are accepted and returned as such) and
 returns its result with the input's type, device and, for a ``MetaTensor``, its meta data and affine, so that
@@ -187,6 +192,15 @@ def region_sizes(labels: torch.Tensor) -> torch.Tensor:
     return torch.bincount(labels.flatten(), minlength=int(labels.max()) + 1 if labels.numel() else 1)
 
 
+def remove_voxels(labels: torch.Tensor, remove: torch.Tensor) -> torch.Tensor:
+    """Set the voxels where ``remove`` is True to background, then drop the regions left empty and renumber 1..K'.
+
+    ``labels``: long tensor with values 0..K; ``remove``: bool tensor of the same shape.
+    """
+    labels = torch.where(remove, torch.zeros_like(labels), labels)
+    return keep_regions(labels, region_sizes(labels) > 0)
+
+
 class LabelRegions(Transform):
     """Connected components of a binary mask -> region label map (scipy ``ndimage.label``).
 
@@ -317,8 +331,25 @@ class RemoveSoftTissue(Transform):
             raise ValueError(f"CBCT: expected one channel, got shape {tuple(intensity.shape)}")
         intensity = intensity.reshape(labels.shape)
         soft = (intensity >= self.window[0]) & (intensity <= self.window[1])
-        labels = torch.where(soft, torch.zeros_like(labels), labels)
-        return _label_output(keep_regions(labels, region_sizes(labels) > 0), regions)
+        return _label_output(remove_voxels(labels, soft), regions)
+
+
+class MaskRegions(Transform):
+    """Keep only the region voxels inside a mask, e.g. the anatomical search region of
+    :class:`bundle.search_region.JawSearchRegion`. Regions left empty are dropped and the rest renumbered 1..K' (a
+    region cut in two by the mask keeps one label).
+
+    ``__call__(regions, mask)``: regions (1, X, Y, Z) label map; mask (1, X, Y, Z) on the same grid, inside where
+    > 0 (bool or numeric, as MONAI's ``MaskIntensity`` reads it). Returns the clipped label map.
+    """
+
+    def __call__(self, regions: NdarrayOrTensor, mask: NdarrayOrTensor) -> NdarrayOrTensor:
+        labels = _region_tensor(regions)
+        inside = convert_to_tensor(mask, track_meta=False).to(labels.device)
+        _same_grid(labels, inside, "mask")
+        if inside.ndim != 4 or inside.shape[0] != 1:
+            raise ValueError(f"mask: expected one channel (1, X, Y, Z), got shape {tuple(inside.shape)}")
+        return _label_output(remove_voxels(labels, ~(inside > 0)), regions)
 
 
 class RemoveSmallRegions(Transform):
@@ -463,6 +494,27 @@ class GrowRegionsd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.grower(d[key], d[self.image_key], d[self.reconstruction_key])
+        return d
+
+
+class MaskRegionsd(MapTransform):
+    """Dictionary form of :class:`MaskRegions`.
+
+    Args:
+        keys: region label map(s), clipped in place.
+        mask_key: the mask on the same grid, e.g. ``"search_region"`` written by
+            :class:`bundle.search_region.JawSearchRegiond` (named as in MONAI's ``MaskIntensityd``).
+    """
+
+    def __init__(self, keys: KeysCollection, mask_key: str = "search_region", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.mask_key = mask_key
+        self.masker = MaskRegions()
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.masker(d[key], d[self.mask_key])
         return d
 
 

@@ -2,7 +2,8 @@
 
 The threshold removes the low differences that reflect the model's limited expressiveness, the erosion removes
 isolated voxels, and what remains is counted: the paper reports 0 for 67 of 70 normal scans (1 for the other
-three), 30 for the real patient and over 1000 for simulated lesions.
+three), 30 for the real patient and over 1000 for simulated lesions. With the anatomical search region
+(:mod:`bundle.search_region`, an addition to the paper) only the surviving voxels inside the region are counted.
 
 Gap filled: MONAI has no anomaly-map-to-subject-score reduction. The erosion is the bundle's own flat-footprint
 erosion (:func:`bundle.postprocessing.grey_erosion`) repeated ``erosion_iterations`` times, as scipy's
@@ -40,8 +41,10 @@ def subject_score(
     threshold: float,
     erosion_iterations: int = 1,
     structure: str = "ball",
+    region: NdarrayOrTensor | None = None,
 ) -> int:
-    """Number of voxels with ``anomaly_map >= threshold`` that survive ``erosion_iterations`` binary erosions.
+    """Number of voxels with ``anomaly_map >= threshold`` that survive ``erosion_iterations`` binary erosions
+    (and, given a ``region``, lie in it).
 
     Args:
         anomaly_map: numpy array or torch tensor (X, Y, Z), (1, X, Y, Z) or (1, 1, X, Y, Z); e.g. D = (G2 - G1)^2
@@ -50,17 +53,26 @@ def subject_score(
         erosion_iterations: successive erosions by the radius-1 footprint; 1 (default) removes single voxels and
             one-voxel-thin lines, 0 counts the thresholded voxels without erosion.
         structure: elementary footprint, ``"ball"`` (default, 6-connected cross) or ``"cube"`` (26-connected box).
+        region: optional mask of the voxels that count (inside where > 0), shaped as the map, e.g. the anatomical
+            search region; ``None`` counts the whole volume (the paper).
 
     Voxels outside the volume count as anomalous during the erosion (as in MONAI's ``erode``), so a lesion cut by the
-    field of view is not eroded from outside.
+    field of view is not eroded from outside. The region is applied after the erosion, for the same reason: a lesion
+    cut by the region's border keeps the voxels inside it, and the erosion stays the paper's.
     """
     if erosion_iterations < 0:
         raise ValueError(f"erosion_iterations must be >= 0, got {erosion_iterations}")
-    mask = (_volume(anomaly_map) >= threshold).float()
+    volume = _volume(anomaly_map)
+    mask = (volume >= threshold).float()
     for _ in range(erosion_iterations):
         if not mask.any():
             break
         mask = grey_erosion(mask, 1, structure)
+    if region is not None:
+        inside = _volume(region).to(mask.device)
+        if inside.shape != volume.shape:
+            raise ValueError(f"region has shape {tuple(inside.shape)} but the anomaly map {tuple(volume.shape)}")
+        mask = mask * (inside > 0)
     return int(mask.sum().item())
 
 
@@ -71,6 +83,8 @@ class SubjectScored(MapTransform):
         keys: anomaly map(s), (1, X, Y, Z).
         threshold, erosion_iterations, structure: see :func:`subject_score`.
         score_postfix: the score's key is the map's key plus this postfix.
+        region_key: key of the (1, X, Y, Z) mask of the voxels that count, e.g. ``"search_region"`` written by
+            :class:`bundle.search_region.JawSearchRegiond`; ``None`` (default) counts the whole volume.
     """
 
     def __init__(
@@ -80,6 +94,7 @@ class SubjectScored(MapTransform):
         erosion_iterations: int = 1,
         structure: str = "ball",
         score_postfix: str = "_score",
+        region_key: str | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -88,10 +103,12 @@ class SubjectScored(MapTransform):
         self.erosion_iterations = erosion_iterations
         self.structure = structure
         self.score_postfix = score_postfix
+        self.region_key = region_key
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor | int]:
         d: dict[Hashable, NdarrayOrTensor | int] = dict(data)
+        region = None if self.region_key is None else d[self.region_key]
         for key in self.key_iterator(d):
-            score = subject_score(d[key], self.threshold, self.erosion_iterations, self.structure)
+            score = subject_score(d[key], self.threshold, self.erosion_iterations, self.structure, region)
             d[f"{key}{self.score_postfix}"] = score
         return d

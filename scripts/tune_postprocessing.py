@@ -11,9 +11,12 @@ with the ``configs/evaluate.json`` overlay gives the preprocessing (truth includ
 2. Post-processing: with the config's inferer, the reconstructions are computed once per case and cached; every
    combination of the ``--grid`` values is applied to them and scored by the mean Dice on the lesion cases. Among
    the combinations within ``--dice_tolerance`` of the best mean Dice (differences that small are noise on a
-   tuning set of this size), the one with the fewest false-positive voxels in the healthy cases is chosen.
-3. Subject score: every ``score_threshold`` x ``score_erosion_iterations`` pair, scored by whether every lesion
-   subject scores above every healthy one and by the margin (min lesion + 1) / (max healthy + 1).
+   tuning set of this size), the one with the fewest false-positive voxels in the healthy cases is chosen. The grid
+   includes the anatomical search region's radius ``search_region_mm`` (``null``: off, the paper's behaviour).
+3. Subject score: every ``score_threshold`` x ``score_erosion_iterations`` pair, for each ``search_region_mm`` of the
+   grid (the score counts only voxels in the region), scored by whether every lesion subject scores above every
+   healthy one and by the margin (min lesion + 1) / (max healthy + 1). One radius serves both the wound regions and
+   the score: choose it from both tables.
 
     python scripts/tune_postprocessing.py data/phantoms_tune/datalist.json --json docs/tuning.json
 """
@@ -42,6 +45,7 @@ from bundle.scoring import subject_score  # noqa: E402
 from bundle.weights import load_verified_weights  # noqa: E402
 
 DEFAULT_GRID = {
+    "search_region_mm": [None, 10, 15, 20],
     "segmentation_threshold": [0.03, 0.05, 0.1, 0.2],
     "anomaly_erosion_radius": [0, 1],
     "anomaly_dilation_radius": [1],
@@ -140,10 +144,18 @@ def choose_postprocessing(rows: list[dict], dice_tolerance: float) -> dict:
     return min(close, key=lambda r: (r["mean_false_positive_voxels"], -r["mean_dice"]))
 
 
-def score_metrics(cases: list[dict], threshold: float, erosions: int) -> dict:
+def search_regions(parser: ConfigParser, cases: list[dict], radius_mm: float | None) -> list[torch.Tensor]:
+    """The config's anatomical search region of every case (from its input and cached G2) for one radius."""
+    parser["search_region_mm"] = radius_mm
+    step = parser.get_parsed_content("search_region_step")
+    image_key = parser["image_key"]
+    return [step({image_key: case["image"], "pred_recon2": case["pred"][2:3]})["search_region"] for case in cases]
+
+
+def score_metrics(cases: list[dict], regions: list[torch.Tensor], threshold: float, erosions: int) -> dict:
     lesion, normal = [], []
-    for case in cases:
-        score = subject_score(case["pred"][0], threshold, erosions)
+    for case, region in zip(cases, regions):
+        score = subject_score(case["pred"][0], threshold, erosions, region=region)
         (lesion if has_lesion(case) else normal).append(score)
     lesion_min = min(lesion) if lesion else 0
     normal_max = max(normal) if normal else 0
@@ -228,9 +240,12 @@ def main(argv: list[str] | None = None) -> int:
         parser[name] = value
     results["best_postprocessing"] = best = choose_postprocessing(results["postprocessing"], opts.dice_tolerance)
 
-    results["score"] = [
-        score_metrics(cases, t, e) for t, e in itertools.product(opts.score_thresholds, opts.score_erosions)
-    ]
+    results["score"] = []
+    for radius in grid["search_region_mm"]:
+        regions = search_regions(parser, cases, radius)
+        for threshold, erosions in itertools.product(opts.score_thresholds, opts.score_erosions):
+            results["score"].append({"search_region_mm": radius, **score_metrics(cases, regions, threshold, erosions)})
+    parser["search_region_mm"] = defaults["search_region_mm"]
     results["best_score"] = max(results["score"], key=lambda r: (r["separated"], r["margin"]))
     print("best post-processing:", json.dumps(best))
     print("best subject score:", json.dumps(results["best_score"]))

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from monai.bundle import ConfigWorkflow
 
+from jaw_phantoms.writing import make_phantom_set
 from tests.conftest import INFERENCE_GENERATOR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,15 +42,23 @@ def run_inference(*overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
-def test_inference_writes_every_output_in_the_input_grid(tiny_weights, label_map, tmp_path):
-    output = tmp_path / "out"
-    # a low threshold so that random weights produce regions to export
+# a low threshold and no tissue or size filter, so that random weights produce regions to export
+PERMISSIVE = ("--segmentation_threshold", "1e-6", "--max_tissue_fraction", "1.0", "--min_region_mm3", "0")
+
+
+@pytest.fixture(scope="module")
+def default_case(tiny_weights, label_map, tmp_path_factory) -> Path:
+    """Output folder of the case, run with the config's defaults (search region included) and ``PERMISSIVE``."""
+    output = tmp_path_factory.mktemp("default_run") / "out"
     result = run_inference(
-        "--input", str(label_map), "--checkpoint", str(tiny_weights), "--output_dir", str(output),
-        "--segmentation_threshold", "1e-6", "--max_tissue_fraction", "1.0", "--min_region_mm3", "0",
+        "--input", str(label_map), "--checkpoint", str(tiny_weights), "--output_dir", str(output), *PERMISSIVE
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    case = output / "jaw_case"
+    return output / "jaw_case"
+
+
+def test_inference_writes_every_output_in_the_input_grid(default_case, label_map):
+    case, output = default_case, default_case.parent
     source = nib.load(label_map)
     anomaly = nib.load(case / "anomaly_map.nii.gz")
     wound = nib.load(case / "wound_segmentation.nii.gz")
@@ -65,9 +74,33 @@ def test_inference_writes_every_output_in_the_input_grid(tiny_weights, label_map
     for region in report["regions"]:
         assert region["volume_mm3"] == pytest.approx((regions == region["label"]).sum() * voxel_mm3, rel=1e-3)
     assert set(report["subject_score"]) >= {"two_reconstructions", "original_vs_reconstruction"}
+    config = json.loads((ROOT / "configs" / "inference.json").read_text())
+    for name in ("search_region_mm", "search_region_g2_threshold"):
+        assert report["thresholds"][name] == config[name]
     assert len(report["model"]["sha256"]) == 64
     assert (case / "overview.png").stat().st_size > 10_000
     assert not list(output.glob(".*"))  # no partial folder left
+
+
+def test_search_region_off_is_one_override_away(default_case, tiny_weights, label_map, tmp_path):
+    output = tmp_path / "out"
+    result = run_inference(
+        "--input", str(label_map), "--checkpoint", str(tiny_weights), "--output_dir", str(output), *PERMISSIVE,
+        "--use_search_region", "false",  # lower case, as typed in a shell: read with str2bool
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = [json.loads((case / "report.json").read_text()) for case in (default_case, output / "jaw_case")]
+    radius = json.loads((ROOT / "configs" / "inference.json").read_text())["search_region_mm"]
+    assert [r["thresholds"]["search_region_mm"] for r in reports] == [radius, None]  # the radius applied; None: off
+    wound_on, wound_off = (
+        np.asarray(nib.load(c / "wound_segmentation.nii.gz").dataobj) > 0 for c in (default_case, output / "jaw_case")
+    )
+    # the skull far above and behind the jaw is searched only without the region
+    assert (wound_on <= wound_off).all() and wound_on.sum() < wound_off.sum()
+    for score in ("two_reconstructions", "original_vs_reconstruction"):
+        assert reports[0]["subject_score"][score] <= reports[1]["subject_score"][score]
+    raw_on, raw_off = (nib.load(c / "anomaly_map.nii.gz").get_fdata() for c in (default_case, output / "jaw_case"))
+    np.testing.assert_array_equal(raw_on, raw_off)  # the saved map is the raw map either way
 
 
 def test_infer_workflow_has_every_required_property(tiny_weights, label_map, tmp_path, monkeypatch):
@@ -128,8 +161,6 @@ def _float_map(folder: Path) -> Path:
 
 @pytest.mark.slow
 def test_evaluation_overlay_scores_lesion_and_normal_cases(tiny_weights, tmp_path):
-    from jaw_phantoms.writing import make_phantom_set
-
     datalist = make_phantom_set(
         tmp_path / "eval_data", train_subjects=0, val_subjects=0, test_subjects=2, lesion_fraction=0.5,
         spacing=2.0, seed=5, preview=False, log=lambda *_: None,

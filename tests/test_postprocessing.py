@@ -18,6 +18,8 @@ from bundle.postprocessing import (
     GrowRegionsd,
     LabelRegions,
     LabelRegionsd,
+    MaskRegions,
+    MaskRegionsd,
     RemoveSmallRegions,
     RemoveSmallRegionsd,
     RemoveSoftTissue,
@@ -206,6 +208,25 @@ def test_soft_tissue_dict_is_a_no_op_without_cbct():
     assert int(removed.sum()) == 0
     with pytest.raises(ValueError, match="low <= high"):
         RemoveSoftTissue(window=(400, -500))
+
+
+def test_mask_regions_clips_drops_emptied_regions_and_renumbers():
+    regions = np.zeros((1, 6, 6, 6), dtype=np.int32)
+    regions[0, 0, 0, 0:4] = 1  # half inside the mask
+    regions[0, 5, 5, 5] = 2  # outside: dropped
+    regions[0, 3, 3, 0:2] = 3  # inside: renumbered 2
+    mask = np.zeros((1, 6, 6, 6), dtype=bool)
+    mask[0, :4, :4, :2] = True
+    out = MaskRegionsd("regions", mask_key="search_region")(
+        {"regions": meta_volume(regions, torch.int32), "search_region": mask}
+    )["regions"]
+    clipped = labels_of(out)
+    assert clipped[0, 0].tolist() == [1, 1, 0, 0, 0, 0] and (clipped[3, 3, :2] == 2).all()
+    assert set(np.unique(clipped)) == {0, 1, 2}
+    assert isinstance(out, MetaTensor) and out.dtype == torch.int32 and torch.equal(out.affine, AFFINE)
+    assert np.array_equal(labels_of(MaskRegions()(regions, np.ones((1, 6, 6, 6), np.float32))), regions[0])
+    with pytest.raises(ValueError, match="same grid"):
+        MaskRegions()(regions, mask[:, :5])
 
 
 def test_remove_small_regions_in_voxels_and_mm3():

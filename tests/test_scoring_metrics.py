@@ -74,6 +74,28 @@ def test_subject_scored_writes_the_score_key():
     assert data["anomaly_score"] == 6 and isinstance(data["anomaly_score"], int)
 
 
+def test_subject_score_counts_only_voxels_in_the_region():
+    volume = hand_made_map()
+    far = np.zeros_like(volume)
+    far[10:14, 10:14, 10:14] = 0.5  # a second block, far from the jaw: 2 x 2 x 2 survive the erosion
+    volume = np.maximum(volume, far)
+    assert subject_score(volume, threshold=0.1) == 6 + 8
+    region = np.zeros(volume.shape, dtype=bool)
+    region[:10, :10, :10] = True  # the search region holds the first block only
+    assert subject_score(volume, threshold=0.1, region=region) == 6
+    # the region's border cuts the eroded block (x 5..7, y 5..6, z 5) to x = 5: it does not erode the block again
+    region[6:] = False
+    assert subject_score(volume, threshold=0.1, region=region) == 1 * 2 * 1
+    region[:] = False
+    region[4:9, 4:8, 4] = True  # only the block's bottom layer, which the erosion removes
+    assert subject_score(volume, threshold=0.1, region=region[None]) == 0
+    assert subject_score(volume, threshold=0.1, region=np.ones(volume.shape, bool)) == subject_score(volume, 0.1)
+    data = {"anomaly": torch.from_numpy(volume)[None], "search_region": torch.from_numpy(region)[None]}
+    assert SubjectScored("anomaly", 0.1, region_key="search_region")(data)["anomaly_score"] == 0
+    with pytest.raises(ValueError, match="region has shape"):
+        subject_score(volume, threshold=0.1, region=np.ones((8, 8, 8), bool))
+
+
 SCORES = torch.tensor([0.9, 0.8, 0.8, 0.3, 0.1])
 TRUTH = torch.tensor([1, 0, 1, 1, 0])
 

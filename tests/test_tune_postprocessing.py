@@ -31,21 +31,27 @@ def test_sweeps_inferer_postprocessing_and_score(tuning_set, tiny_weights, tmp_p
     argv = [str(tuning_set), "--checkpoint", str(tiny_weights), "--override",
             f"generator_def={json.dumps(INFERENCE_GENERATOR)}", "--overlaps", "0", "0.25", "--blend_modes", "constant",
             "--grid", "segmentation_threshold=[0.0, 2.0]", "anomaly_erosion_radius=[0]", "anomaly_dilation_radius=[0]",
-            "grow_steps=[0]", "grow_tissue_threshold=[0.55]", "--score_thresholds", "0.0", "2.0",
-            "--score_erosions", "0", "--dice_tolerance", "0", "--json", str(output)]
+            "grow_steps=[0]", "grow_tissue_threshold=[0.55]", "search_region_mm=[null, 10]", "--score_thresholds",
+            "0.0", "2.0", "--score_erosions", "0", "--dice_tolerance", "0", "--json", str(output)]
     assert tune_postprocessing.main(argv) == 0
     results = json.loads(output.read_text())
     assert [(r["overlap"], r["mode"]) for r in results["inferer"]] == [(0.0, "constant"), (0.25, "constant")]
     assert all(r["seconds_per_case"] > 0 and 0 < r["mean_average_precision"] <= 1 for r in results["inferer"])
-    by_threshold = {r["segmentation_threshold"]: r for r in results["postprocessing"]}
-    assert set(by_threshold) == {0.0, 2.0}
+    rows = {(r["search_region_mm"], r["segmentation_threshold"]): r for r in results["postprocessing"]}
+    assert set(rows) == {(None, 0.0), (None, 2.0), (10, 0.0), (10, 2.0)}
     # a threshold above every value of the squared difference of two [0, 1] reconstructions segments nothing
-    assert by_threshold[2.0]["mean_dice"] == 0.0 and by_threshold[2.0]["mean_false_positive_voxels"] == 0
-    assert 0.0 < by_threshold[0.0]["mean_dice"] <= 1.0
-    assert results["best_postprocessing"] == max(results["postprocessing"], key=lambda r: r["mean_dice"])
-    scores = {r["score_threshold"]: r for r in results["score"]}
-    assert scores[2.0]["lesion_min"] == scores[2.0]["normal_max"] == 0 and not scores[2.0]["separated"]
-    assert scores[0.0]["lesion_min"] > 0 and scores[0.0]["normal_max"] > 0
+    assert rows[None, 2.0]["mean_dice"] == 0.0 and rows[None, 2.0]["mean_false_positive_voxels"] == 0
+    assert 0.0 < rows[None, 0.0]["mean_dice"] <= 1.0
+    # everything segmented: the search region leaves fewer false-positive voxels in the healthy case
+    assert rows[10, 0.0]["mean_false_positive_voxels"] < rows[None, 0.0]["mean_false_positive_voxels"]
+    assert results["best_postprocessing"]["mean_dice"] == max(r["mean_dice"] for r in results["postprocessing"])
+    scores = {(r["search_region_mm"], r["score_threshold"]): r for r in results["score"]}
+    assert set(scores) == set(rows)
+    assert scores[None, 2.0]["lesion_min"] == scores[None, 2.0]["normal_max"] == 0
+    assert not scores[None, 2.0]["separated"]
+    assert scores[None, 0.0]["lesion_min"] > 0 and scores[None, 0.0]["normal_max"] > 0
+    # without erosion, a threshold of 0 counts every voxel of the volume, or of the smaller search region
+    assert 0 < scores[10, 0.0]["normal_max"] < scores[None, 0.0]["normal_max"]
 
 
 def test_within_the_dice_tolerance_fewer_false_positives_win():

@@ -27,40 +27,23 @@ import numpy as np
 from scipy import ndimage
 from scipy.interpolate import CubicSpline
 
+from jaw_phantoms.anatomy import (
+    CANAL,
+    FIRST_MOLAR,
+    LOWER_TEETH,
+    LOWER_TEETH_MM,
+    MANDIBLE,
+    OTHER,
+    THIRD_MOLAR,
+    UPPER_SKULL,
+    UPPER_TEETH,
+    UPPER_TEETH_MM,
+)
 from jaw_phantoms.primitives import Capsule, Ellipsoid, SmoothNoise, even_power, rotation_matrix
 
-OTHER, UPPER_SKULL, MANDIBLE, UPPER_TEETH, LOWER_TEETH, CANAL = range(6)
 LESION_KINDS = ("none", "onj", "teeth_and_jaw_removed")
 LOWER_JAW_LABELS = (MANDIBLE, LOWER_TEETH, CANAL)
 
-# Per tooth, from the central incisor backwards: mesio-distal width, bucco-lingual width, crown height, root length
-# (mm; textbook averages). Index 5 and up are molars (two roots); index 7 is the third molar, erupted only sometimes.
-_LOWER_TEETH_MM = np.array(
-    [
-        [5.4, 6.0, 9.0, 12.5],
-        [5.9, 6.4, 9.0, 13.5],
-        [6.9, 7.7, 11.0, 16.0],
-        [7.0, 7.7, 8.5, 14.0],
-        [7.1, 8.2, 8.0, 14.5],
-        [11.2, 10.3, 7.5, 14.0],
-        [10.5, 10.0, 7.0, 13.0],
-        [10.0, 9.6, 6.5, 11.0],
-    ]
-)
-_UPPER_TEETH_MM = np.array(
-    [
-        [8.6, 7.0, 10.5, 13.0],
-        [6.6, 6.0, 9.0, 13.0],
-        [7.6, 8.0, 10.0, 17.0],
-        [7.1, 9.0, 8.5, 14.0],
-        [6.6, 9.0, 7.8, 14.0],
-        [10.4, 11.0, 7.5, 13.0],
-        [9.8, 11.0, 7.0, 12.5],
-        [8.5, 10.0, 6.5, 11.0],
-    ]
-)
-_FIRST_MOLAR = 5
-_THIRD_MOLAR = 7
 # Upper teeth are wider than lower ones; they sit on a slightly compressed copy of the arch so that molars occlude.
 _UPPER_ARCH_SCALE = 0.96
 _UPPER_OCCLUSAL_Z = 0.5
@@ -306,8 +289,8 @@ def sample_subject(seed: int) -> JawSubject:
 def _sample_teeth(rng: np.random.Generator, tooth_scale: float) -> Teeth:
     rows = []
     for label, table, quadrants, arch_scale, d_offset in (
-        (UPPER_TEETH, _UPPER_TEETH_MM, (1, 2), _UPPER_ARCH_SCALE, rng.uniform(1.0, 2.5)),
-        (LOWER_TEETH, _LOWER_TEETH_MM, (4, 3), 1.0, 0.0),
+        (UPPER_TEETH, UPPER_TEETH_MM, (1, 2), _UPPER_ARCH_SCALE, rng.uniform(1.0, 2.5)),
+        (LOWER_TEETH, LOWER_TEETH_MM, (4, 3), 1.0, 0.0),
     ):
         for quadrant, side in zip(quadrants, (1.0, -1.0)):
             sizes = table * tooth_scale * rng.uniform(0.95, 1.05, size=table.shape)
@@ -329,9 +312,9 @@ def _sample_teeth(rng: np.random.Generator, tooth_scale: float) -> Teeth:
                 )
     columns = [np.array(column) for column in zip(*rows)]
     position = columns[2]
-    erupted = (position != _THIRD_MOLAR) | (rng.random(len(position)) < 0.3)
+    erupted = (position != THIRD_MOLAR) | (rng.random(len(position)) < 0.3)
     missing = np.zeros(len(position), dtype=bool)
-    candidates = np.flatnonzero(position != _THIRD_MOLAR)
+    candidates = np.flatnonzero(position != THIRD_MOLAR)
     missing[rng.choice(candidates, size=rng.choice(4, p=[0.4, 0.3, 0.2, 0.1]), replace=False)] = True
     return Teeth(*columns, present=erupted & ~missing, missing=missing)
 
@@ -688,7 +671,7 @@ def _draw_teeth(
         root_t = np.clip((depth - np.float32(crown_height)) / np.float32(root_length), 0.0, 1.0)
         root_radius = np.float32(0.72) * (1.0 - root_t) ** np.float32(0.6)
         radius = np.where(in_crown, crown_radius, root_radius)
-        if t.position[index] >= _FIRST_MOLAR:
+        if t.position[index] >= FIRST_MOLAR:
             split = np.clip((root_t - np.float32(0.25)) / np.float32(0.2), 0.0, 1.0) * ~in_crown
             offset = np.float32(0.6 * a) * radius * split
             half_u = np.float32(a) * radius * (1.0 - np.float32(0.6) * split)

@@ -1,7 +1,7 @@
 """The 3D VQ-GAN generator (a VQ-VAE built from MONAI blocks) and the combined two-encoder anomaly module.
 
 Shapes: images are ``(B, C, X, Y, Z)`` float tensors (x' in [0, 1] for this bundle); every spatial size must be
-divisible by the generator's downsample factor ``2 ** (len(channels) - 1)``.
+divisible by the generator's downsample factor ``stem_stride * 2 ** (len(channels) - 1)``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from math import gcd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.networks.blocks import ADN, Convolution, SpatialAttentionBlock
+from monai.networks.blocks import ADN, Convolution, SpatialAttentionBlock, SubpixelUpsample
 from monai.networks.blocks.segresnet_block import ResBlock
 from monai.utils import ensure_tuple_rep
 
@@ -107,15 +107,23 @@ class VQGANGenerator(nn.Module):
     two 3x3x3 convs); each downsampling block is a ``Convolution`` with stride 2 followed by normalisation and
     activation; each upsampling block is a transposed ``Convolution`` (kernel 4, stride 2, so every output voxel sees
     the same number of taps) followed by normalisation and activation; the non-local block is MONAI's
-    ``SpatialAttentionBlock``. The decoder ends with normalisation + activation and a plain convolution whose
-    weight is G_L of the adaptive adversarial weight (eq. 5).
+    ``SpatialAttentionBlock``. The decoder ends with normalisation + activation and a convolution whose weight is
+    G_L of the adaptive adversarial weight (eq. 5): a plain one (``stem_stride`` 1), or a sub-pixel upsampling
+    (``stem_stride`` 2: MONAI's ``SubpixelUpsample``, a 3x3x3 convolution to 2^3 values per voxel, then pixel shuffle).
+
+    With ``stem_stride`` 2 the stem is itself a downsampling block (image -> ``channels[0]`` at half resolution) and
+    the head a sub-pixel upsampling (``channels[0]`` -> image), so no feature map is held at full resolution: the
+    full-resolution stem, upsampling and tail made most of the inference time (docs/benchmark_inference.md), while
+    the head's own value for each of the 2^3 voxels under a half-resolution voxel still places 1-voxel structures
+    (the mandibular canal).
 
     Args:
         spatial_dims: number of spatial dimensions (3 for CBCT volumes).
         in_channels: channels of the input image.
         out_channels: channels of the reconstruction.
-        channels: feature channels per resolution level, highest resolution first; ``len(channels) - 1``
-            downsamplings give the downsample factor ``2 ** (len(channels) - 1)``.
+        channels: feature channels per resolution level, highest resolution first; the first level is at
+            1 / ``stem_stride`` of the input resolution, and the downsample factor is
+            ``stem_stride * 2 ** (len(channels) - 1)``.
         num_res_blocks: residual blocks per level (an int for all levels, or one per level).
         num_embeddings: codebook size K.
         embedding_dim: code length D (channels of the latent).
@@ -123,6 +131,8 @@ class VQGANGenerator(nn.Module):
         attention_heads: heads of the self-attention block; must divide ``channels[-1]``.
         act: activation, any MONAI name or (name, args) tuple.
         norm: normalisation of the residual, down- and upsampling blocks, any MONAI name or tuple.
+        stem_stride: 2 for a strided stem and a sub-pixel head (no full-resolution feature maps), 1 for a
+            full-resolution stem convolution and tail (the first level at the input resolution).
         channels_last: store the 3D convolution weights channels-last (``torch.channels_last_3d``), so that oneDNN
             (CPU) and cuDNN run their channels-last kernels whatever the input layout: a training step at 64^3 was
             about 25 % faster on CPU (docs/benchmark_training.md). The layout survives ``.to(device)`` and
@@ -136,14 +146,15 @@ class VQGANGenerator(nn.Module):
         spatial_dims: int = 3,
         in_channels: int = 1,
         out_channels: int = 1,
-        channels: Sequence[int] = (32, 64, 128),
+        channels: Sequence[int] = (32, 64),
         num_res_blocks: Sequence[int] | int = 1,
-        num_embeddings: int = 512,
-        embedding_dim: int = 64,
+        num_embeddings: int = 256,
+        embedding_dim: int = 32,
         commitment_cost: float = 0.25,
         attention_heads: int = 1,
         act: tuple | str = ("RELU", {"inplace": True}),
         norm: tuple | str = "BATCH",
+        stem_stride: int = 2,
         channels_last: bool = True,
     ) -> None:
         super().__init__()
@@ -152,10 +163,13 @@ class VQGANGenerator(nn.Module):
             raise ValueError("channels must name at least one level")
         if channels[-1] % attention_heads != 0:
             raise ValueError(f"attention_heads={attention_heads} must divide the last channel count {channels[-1]}")
+        if stem_stride not in (1, 2):
+            raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
         res_blocks = ensure_tuple_rep(num_res_blocks, len(channels))
         self.channels = channels
         self.spatial_dims = spatial_dims
-        self._downsample_factor = 2 ** (len(channels) - 1)
+        self.stem_stride = stem_stride
+        self._downsample_factor = stem_stride * 2 ** (len(channels) - 1)
 
         def res_stage(level: int) -> list[nn.Module]:
             return [ResBlock(spatial_dims, channels[level], norm=norm, act=act) for _ in range(res_blocks[level])]
@@ -169,7 +183,11 @@ class VQGANGenerator(nn.Module):
                 use_flash_attention=True,
             )
 
-        encoder: list[nn.Module] = [Convolution(spatial_dims, in_channels, channels[0], conv_only=True)]
+        if stem_stride == 1:
+            stem = Convolution(spatial_dims, in_channels, channels[0], conv_only=True)
+        else:
+            stem = Convolution(spatial_dims, in_channels, channels[0], strides=2, act=act, norm=norm)
+        encoder: list[nn.Module] = [stem]
         for level in range(len(channels)):
             encoder += res_stage(level)
             if level < len(channels) - 1:
@@ -199,10 +217,13 @@ class VQGANGenerator(nn.Module):
                         norm=norm,
                     )
                 )
-        decoder += [
-            ADN(ordering="NA", in_channels=channels[0], act=act, norm=norm, norm_dim=spatial_dims),
-            Convolution(spatial_dims, channels[0], out_channels, conv_only=True),
-        ]
+        if stem_stride == 1:
+            head: nn.Module = Convolution(spatial_dims, channels[0], out_channels, conv_only=True)
+        else:
+            # sub-pixel convolution: same receptive field as a kernel-4 transposed convolution, but a plain 3x3x3
+            # convolution, about 2.5 times faster on CPU for one output channel; no pad-pool, which would blur
+            head = SubpixelUpsample(spatial_dims, channels[0], out_channels, scale_factor=2, apply_pad_pool=False)
+        decoder += [ADN(ordering="NA", in_channels=channels[0], act=act, norm=norm, norm_dim=spatial_dims), head]
 
         self.encoder = nn.Sequential(*encoder)
         self.quantizer = VectorQuantizer(num_embeddings, embedding_dim, commitment_cost)
@@ -217,8 +238,10 @@ class VQGANGenerator(nn.Module):
 
     @property
     def last_layer_weight(self) -> nn.Parameter:
-        """Weight of the decoder's final convolution: G_L of the adaptive adversarial weight (eq. 5)."""
-        return self.decoder[-1].conv.weight
+        """Weight of the decoder's final convolution (before the pixel shuffle with ``stem_stride`` 2): G_L of the
+        adaptive adversarial weight (eq. 5)."""
+        head = self.decoder[-1]
+        return head.conv.weight if isinstance(head, Convolution) else head.conv_block.weight
 
     def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encode, quantise and decode ``x`` (B, in_channels, X, Y, Z).

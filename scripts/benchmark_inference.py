@@ -4,8 +4,10 @@ The scan is a phantom with a simulated ONJ lesion on a 90 x 90 x 83 grid at 2 mm
 for a real DentalSegmentator map resampled to 2 mm). Stages, as the bundle runs them:
   load + preprocess -> both reconstructions (sliding window) -> post-processing (regions) -> invert + write (NIfTI,
   STL, report; the overview figure is off, it is not part of the per-scan work a deployment needs).
-Naive peer, in the same run: two separate MONAI ``VQVAE`` networks of the same widths, each through MONAI's
-``SlidingWindowInferer`` at overlap 0.5, and the squared difference of their outputs.
+The architecture and the inferer come from the configs (``configs/inference.json``, which reads
+``configs/common.json#generator_def``) through MONAI's ``ConfigParser``. Naive peer, in the same run: two separate
+MONAI ``VQVAE`` networks with the generator's widths below full resolution (same latent grid), each through MONAI's
+``SlidingWindowInferer`` with method.md's 64^3 windows at overlap 0.5, and the squared difference of their outputs.
 Peak memory is the process's maximum resident set size after the timed runs (torch and MONAI included).
 
     python scripts/benchmark_inference.py [--repeats 3] [--json docs/benchmark_inference.json]
@@ -35,11 +37,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)  # the configs import configs/common.json relative to the bundle root
 
-from bundle.networks import AnomalyDetector  # noqa: E402
 from jaw_phantoms.parametric import make_phantom  # noqa: E402
 from bundle.weights import load_verified_weights, write_checksum  # noqa: E402
 
 GRID = (90, 90, 83)
+PEER_WINDOW = (64, 64, 64)  # method.md's inference window
 
 
 def write_scan(folder: Path) -> Path:
@@ -54,30 +56,41 @@ def write_scan(folder: Path) -> Path:
     return path
 
 
-def weights_for(parser: ConfigParser, folder: Path) -> tuple[Path, str]:
-    """The shipped weights when present (with their checksum), else random weights of the same architecture."""
+def weights_for(network: torch.nn.Module, folder: Path) -> tuple[Path, str]:
+    """Load the shipped weights into ``network`` when they fit its architecture, else save and load random ones."""
     shipped = ROOT / "models" / "model.pt"
     if shipped.is_file():
-        return shipped, "models/model.pt"
+        try:
+            load_verified_weights(network, shipped)
+            return shipped, "models/model.pt"
+        except RuntimeError:  # trained for another architecture than the configured one
+            pass
     path = folder / "model.pt"
-    torch.save(AnomalyDetector(parser.get_parsed_content("generator_def")).state_dict(), path)
+    torch.save(network.state_dict(), path)
     write_checksum(path)
-    return path, "random weights (models/model.pt absent)"
+    load_verified_weights(network, path)
+    return path, "random weights of the configured architecture (models/model.pt absent or of another architecture)"
 
 
-def naive_peer(generator_kwargs: dict) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """Two MONAI VQVAEs with the bundle's widths below full resolution (same latent grid as the bundle's)."""
-    widths = tuple(generator_kwargs["channels"])[1:]
-    levels = len(widths)
-    blocks = generator_kwargs.get("num_res_blocks", 1)
-    res_layers = max(blocks[1:]) if isinstance(blocks, (list, tuple)) else int(blocks)
+def naive_peer(parser: ConfigParser) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Two MONAI VQVAEs with the configured generator's widths below full resolution (the same latent grid)."""
+    generator = parser.get_parsed_content("generator_def")
+    widths = generator.channels[1:] if generator.stem_stride == 1 else generator.channels
+    blocks = parser.get("generator_def").get("num_res_blocks", 1)  # the raw definition, macro resolved
+    res_layers = max(blocks[-len(widths) :]) if isinstance(blocks, (list, tuple)) else int(blocks)
 
     def vqvae() -> torch.nn.Module:
         return VQVAE(
-            spatial_dims=3, in_channels=1, out_channels=1, channels=widths,
-            num_res_layers=res_layers, num_res_channels=widths,
-            downsample_parameters=((2, 4, 1, 1),) * levels, upsample_parameters=((2, 4, 1, 1, 0),) * levels,
-            num_embeddings=generator_kwargs["num_embeddings"], embedding_dim=generator_kwargs["embedding_dim"],
+            spatial_dims=3,
+            in_channels=1,
+            out_channels=1,
+            channels=widths,
+            num_res_layers=res_layers,
+            num_res_channels=widths,
+            downsample_parameters=((2, 4, 1, 1),) * len(widths),
+            upsample_parameters=((2, 4, 1, 1, 0),) * len(widths),
+            num_embeddings=generator.quantizer.num_embeddings,
+            embedding_dim=generator.quantizer.embedding_dim,
         ).eval()
 
     return vqvae(), vqvae()
@@ -96,19 +109,19 @@ def run(repeats: int) -> dict:
         scan = write_scan(folder)
         parser = ConfigParser()
         parser.read_config("configs/inference.json")
-        weights, weights_source = weights_for(parser, folder)
-        parser.update({"input": str(scan), "checkpoint": str(weights), "output_dir": str(folder / "out"),
-                       "overwrite": True, "write_figure": False})
+        parser.update({"input": str(scan), "output_dir": str(folder / "out"), "overwrite": True,
+                       "write_figure": False})
         (folder / "out").mkdir()
         network = parser.get_parsed_content("network")
-        load_verified_weights(network, weights).eval()
+        weights, weights_source = weights_for(network, folder)
+        parser["checkpoint"] = str(weights)  # the report names the weights it used
+        network.eval()
         preprocessing = parser.get_parsed_content("preprocessing")
         inferer = parser.get_parsed_content("inferer")
-        post = parser.get_parsed_content("postprocessing").transforms
-        split = next(i for i, t in enumerate(post) if type(t).__name__ == "CopyItemsd" and i > 1)
-        regions, writing = Compose(post[:split]), Compose(post[split:])
-        peer_1, peer_2 = naive_peer(parser.get("generator_def"))  # the raw definition, macro resolved
-        peer_inferer = SlidingWindowInferer(roi_size=inferer.roi_size, sw_batch_size=inferer.sw_batch_size, overlap=0.5)
+        regions = Compose(parser.get_parsed_content("segmentation_steps"))
+        writing = Compose(parser.get_parsed_content("output_steps"))
+        peer_1, peer_2 = naive_peer(parser)
+        peer_inferer = SlidingWindowInferer(roi_size=PEER_WINDOW, sw_batch_size=inferer.sw_batch_size, overlap=0.5)
 
         rows: dict[str, list[float]] = {k: [] for k in ("load_preprocess", "reconstructions", "postprocess",
                                                          "invert_write", "total", "naive_reconstructions")}

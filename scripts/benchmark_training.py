@@ -209,10 +209,10 @@ def peer_step(args, device, generator_kwargs, disc_channels, disc_layers, autoca
     """MONAI VQVAE + PatchDiscriminator in their default layout, trained by ``plain_step``.
 
     VQVAE downsamples once per entry of ``channels``; it gets the bundle's widths below full resolution so that
-    its latent grid matches the bundle's (downsample factor 2 ** (len(channels) - 1)).
+    its latent grid matches the bundle's (downsample factor ``stem_stride * 2 ** (len(channels) - 1)``).
     """
     channels = tuple(generator_kwargs["channels"])
-    widths = channels[1:] or channels
+    widths = channels if generator_kwargs.get("stem_stride", 2) == 2 else channels[1:] or channels
     levels = len(widths)
     res_blocks = ensure_tuple_rep(generator_kwargs.get("num_res_blocks", 1), len(channels))
     res_layers = max(1, *res_blocks[len(channels) - levels :])

@@ -115,7 +115,7 @@ def test_infer_workflow_has_every_required_property(tiny_weights, label_map, tmp
     )
     workflow.initialize()
     assert workflow.check_properties() in (None, [])
-    assert list(workflow.inferer.roi_size) == [64, 64, 64]
+    assert list(workflow.inferer.roi_size) == [48, 48, 48]
 
 
 @pytest.mark.parametrize(

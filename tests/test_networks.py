@@ -13,7 +13,7 @@ from bundle.networks import AnomalyDetector, VectorQuantizer, VQGANGenerator
 
 def _generator(seed: int = 0, **kwargs) -> VQGANGenerator:
     torch.manual_seed(seed)
-    options = {"channels": (4, 8, 16), "num_embeddings": 16, "embedding_dim": 4} | kwargs
+    options = {"channels": (4, 8), "num_embeddings": 16, "embedding_dim": 4} | kwargs
     generator = VQGANGenerator(**options)
     with torch.no_grad():  # a spread-out codebook, as after training, so that different latents get different codes
         generator.quantizer.embedding.weight.normal_(std=0.5)
@@ -52,22 +52,37 @@ def test_generator_shapes(spatial):
     assert torch.equal(generator.eval()(_volume(*spatial)), generator.reconstruct(_volume(*spatial))[0])
 
 
-def test_generator_per_level_res_blocks_and_two_levels():
-    generator = _generator(channels=(4, 8), num_res_blocks=(2, 0), act=("LEAKYRELU", {"negative_slope": 0.1}))
+def test_generator_per_level_res_blocks_and_full_resolution_stem():
+    generator = _generator(
+        channels=(4, 8), num_res_blocks=(2, 0), act=("LEAKYRELU", {"negative_slope": 0.1}), stem_stride=1
+    )
     assert generator.downsample_factor == 2
     assert generator(_volume(6, 4, 2)).shape == (2, 1, 6, 4, 2)
+    assert generator.last_layer_weight.shape == (1, 4, 3, 3, 3)  # a plain 3x3x3 convolution at full resolution
     with pytest.raises(ValueError, match="not divisible"):
         generator(_volume(5, 4, 4))
+    with pytest.raises(ValueError, match="stem_stride"):
+        _generator(stem_stride=4)
 
 
-def test_last_layer_weight_is_the_final_plain_convolution():
+def test_strided_stem_keeps_no_full_resolution_feature_map():
+    generator = _generator(channels=(4, 8, 16))
+    assert generator.downsample_factor == 8
+    sizes = []
+    for module in [*generator.encoder, *generator.decoder]:
+        module.register_forward_hook(lambda _, __, output: sizes.append(output.shape[2:]))
+    assert generator(_volume(16, 16, 8)).shape == (2, 1, 16, 16, 8)
+    assert sizes[-1] == (16, 16, 8) and all(size[0] <= 8 for size in sizes[:-1])  # only the head's output is full
+
+
+def test_last_layer_weight_is_the_final_convolution():
     generator = _generator()
     weight = generator.last_layer_weight
-    assert weight.shape == (1, 4, 3, 3, 3)
+    assert weight.shape == (8, 4, 3, 3, 3)  # the sub-pixel head: 2^3 values per half-resolution voxel
     assert weight is list(generator.decoder.parameters())[-2]  # followed only by its bias
     with torch.no_grad():
         weight.zero_()
-        generator.decoder[-1].conv.bias.fill_(0.25)
+        generator.decoder[-1].conv_block.bias.fill_(0.25)
     assert torch.all(generator(_volume(8, 8, 8)) == 0.25)
 
 

@@ -39,7 +39,10 @@ class AnomalyEvaluationHandler:
     Reads, per decollated case, from the engine's batch: ``truth_key`` (lesion mask on the 2 mm grid, absent or
     empty for healthy subjects) and ``lesion_key`` (the datalist's lesion kind, ``"none"`` for healthy); from the
     engine's output: ``anomaly_key`` (the anomaly map), ``wound_key`` (the final region map) and ``report_key``
-    (the report written by :class:`bundle.outputs.WriteCaseOutputsd`, holding both subject scores).
+    (the report written by :class:`bundle.outputs.WriteCaseOutputsd`, holding both subject scores), and, when the
+    datalist gives it, ``lesion_volume_key`` (the lesion's volume in cm^3). The summary counts the lesions of at
+    least ``found_min_volume_ml`` whose wound segmentation reaches a Dice above ``found_dice`` ("found"), and the
+    normal subjects with any wound region.
     """
 
     def __init__(
@@ -50,10 +53,15 @@ class AnomalyEvaluationHandler:
         anomaly_key: str = "pred_anomaly",
         wound_key: str = "wound",
         report_key: str = "report",
+        lesion_volume_key: str = "lesion_volume_ml",
+        found_dice: float = 0.3,
+        found_min_volume_ml: float = 1.0,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.truth_key, self.lesion_key = truth_key, lesion_key
         self.anomaly_key, self.wound_key, self.report_key = anomaly_key, wound_key, report_key
+        self.lesion_volume_key = lesion_volume_key
+        self.found_dice, self.found_min_volume_ml = found_dice, found_min_volume_ml
         self.cases: list[dict] = []
 
     def attach(self, engine: Engine) -> None:
@@ -69,6 +77,7 @@ class AnomalyEvaluationHandler:
             wound = convert_to_numpy(output[self.wound_key]) > 0
             report = output[self.report_key]
             lesion = str(batch.get(self.lesion_key, "none"))
+            volume = batch.get(self.lesion_volume_key)
             case = {
                 "case": report["case"],
                 "lesion": lesion,
@@ -77,6 +86,8 @@ class AnomalyEvaluationHandler:
                 "num_regions": report["num_regions"],
                 "false_positive_voxels": int((wound & ~truth).sum()),
             }
+            if volume is not None:
+                case["lesion_volume_ml"] = float(volume)
             if truth.any():
                 intersection = float((wound & truth).sum())
                 case["dice"] = 2.0 * intersection / float(wound.sum() + truth.sum())
@@ -102,7 +113,20 @@ class AnomalyEvaluationHandler:
             result[score] = entry
         for metric in ("dice", "average_precision", "best_dice"):
             result[metric] = _summary([c[metric] for c in lesion if metric in c])
+        result["dice_by_lesion_kind"] = {
+            kind: _summary([c["dice"] for c in lesion if c["lesion"] == kind and "dice" in c])
+            for kind in sorted({c["lesion"] for c in lesion})
+        }
+        sized = [c for c in lesion if c.get("lesion_volume_ml", 0.0) >= self.found_min_volume_ml]
+        result["lesions_found"] = {
+            "min_volume_ml": self.found_min_volume_ml,
+            "dice_above": self.found_dice,
+            "n": len(sized),
+            "found": sum(c.get("dice", 0.0) > self.found_dice for c in sized),
+        }
+        result["lesion_volume_ml"] = _summary([c["lesion_volume_ml"] for c in lesion if "lesion_volume_ml" in c])
         result["false_positive_voxels_in_normals"] = _summary([float(c["false_positive_voxels"]) for c in normal])
+        result["normals_with_any_region"] = sum(c["num_regions"] > 0 for c in normal)
         result["cases"] = self.cases
         return result
 

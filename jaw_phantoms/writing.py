@@ -8,6 +8,9 @@ Layout of an output folder (paths in the datalist are relative to it, as ``load_
     truth/case_021.nii.gz    uint8 lesion truth (lesion cases only)
     preview.png              slices of a few subjects
 
+A test entry reads {"image", "cbct", "lesion": kind or "none", "seed"}, plus "truth" and "lesion_volume_ml" (the
+removed tissue in cm^3, at the native grid) for lesion cases.
+
 Training and validation subjects are healthy; a fraction of the test subjects carry a simulated lesion. With the
 ``real_mandible`` style, training and validation subjects are built on the bank's training shapes and test subjects
 on its held-out shapes. Subjects are written at a native spacing other than the model's 2 mm (some anisotropic, some
@@ -133,6 +136,8 @@ def write_case(phantom: JawPhantom, plan: CasePlan, root: Path) -> dict:
     if plan.lesion != "none":
         entry["truth"] = f"truth/{plan.name}.nii.gz"
         write_nifti(phantom.truth, phantom.affine, root / entry["truth"])
+        voxel_ml = float(np.prod(np.linalg.norm(phantom.affine[:3, :3], axis=0))) / 1000.0
+        entry["lesion_volume_ml"] = round(float(np.count_nonzero(phantom.truth)) * voxel_ml, 4)
     entry.update({"lesion": plan.lesion, "seed": plan.seed})
     return entry
 

@@ -1,7 +1,8 @@
 """Whole-pipeline inference benchmark: one scan through configs/inference.json, timed per stage, beside a naive peer.
 
-The scan is a phantom with a simulated ONJ lesion on a 90 x 90 x 83 grid at 2 mm (the size real_anatomy.md gives
-for a real DentalSegmentator map resampled to 2 mm). Stages, as the bundle runs them:
+The scan is a bank phantom (``jaw_phantoms``, held-out mandible, whole-face field of view) with a simulated ONJ
+lesion on a 90 x 90 x 83 grid at 2 mm (the size real_anatomy.md gives for a real DentalSegmentator map resampled to
+2 mm). Stages, as the bundle runs them:
   load + preprocess -> both reconstructions (sliding window) -> post-processing (regions) -> invert + write (NIfTI,
   STL, report; the overview figure is off, it is not part of the per-scan work a deployment needs).
 The architecture and the inferer come from the configs (``configs/inference.json``, which reads
@@ -37,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)  # the configs import configs/common.json relative to the bundle root
 
-from jaw_phantoms.parametric import make_phantom  # noqa: E402
+from jaw_phantoms.anatomy import AnatomyOptions  # noqa: E402
+from jaw_phantoms.phantom import make_phantom  # noqa: E402
 from bundle.weights import load_verified_weights, write_checksum  # noqa: E402
 
 GRID = (90, 90, 83)
@@ -45,8 +47,9 @@ PEER_WINDOW = (64, 64, 64)  # method.md's inference window
 
 
 def write_scan(folder: Path) -> Path:
-    """A lesion phantom at 2 mm, padded or cropped (centred) to exactly ``GRID``."""
-    phantom = make_phantom(seed=4242, spacing=2.0, lesion="onj", with_cbct=False)
+    """A lesion phantom (held-out bank mandible, whole face) at 2 mm, padded or cropped (centred) to ``GRID``."""
+    options = AnatomyOptions(shape_split="held_out", field_of_view="face")
+    phantom = make_phantom(seed=4242, spacing=2.0, lesion="onj", options=options, with_cbct=False)
     labels = np.zeros(GRID, np.int16)
     src = [slice(max(0, (s - g) // 2), max(0, (s - g) // 2) + min(s, g)) for s, g in zip(phantom.labels.shape, GRID)]
     dst = [slice(max(0, (g - s) // 2), max(0, (g - s) // 2) + min(s, g)) for s, g in zip(phantom.labels.shape, GRID)]

@@ -4,6 +4,8 @@ logs (``<run>/tensorboard``, written by the training configs' ``TensorBoardStats
     python scripts/plot_training.py runs/s1_large runs/s2_large runs/s2_blob --output docs/figures/training_curves.png
 
 The x axis is the epoch (a resumed run continues its parent's epochs). Training loss is averaged per epoch.
+``--table docs/x.md`` also writes, per run, the adversarial schedule as logged (``adv_scale``) and the validation MSE
+before and during the adversarial phase: the best MSE before the term came in, the final MSE and their ratio.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 VALIDATION_TAG = "val_mse"
 TRAINING_TAG = "loss_recon"
+SCHEDULE_TAG = "adv_scale"
 
 
 def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -43,16 +46,54 @@ def per_epoch(points: list[tuple[int, float]], iterations_per_epoch: int) -> tup
     return epochs, [sum(sums[e]) / len(sums[e]) for e in epochs]
 
 
+def adversarial_summary(scalars: dict, iterations_per_epoch: int) -> dict:
+    """First epoch with the adversarial term on, first at full weight, and the validation MSE around them."""
+    on = [step for step, value in sorted(scalars.get(SCHEDULE_TAG, [])) if value > 0]
+    full = [step for step, value in sorted(scalars.get(SCHEDULE_TAG, [])) if value >= 1]
+    validation = sorted(scalars[VALIDATION_TAG])
+    first_on = (on[0] - 1) // iterations_per_epoch + 1 if on else None
+    before = [value for epoch, value in validation if first_on is None or epoch < first_on]
+    return {
+        "validations": len(validation),
+        "last_epoch": validation[-1][0],
+        "adversarial_from_epoch": first_on,
+        "full_weight_from_epoch": (full[0] - 1) // iterations_per_epoch + 1 if full else None,
+        "best_before": min(before) if before else None,
+        "best": min(value for _, value in validation),
+        "final": validation[-1][1],
+    }
+
+
+def summary_table(rows: dict[str, dict]) -> str:
+    """Markdown table of :func:`adversarial_summary` per run."""
+    lines = [
+        "| run | last epoch | adversarial term from epoch (full weight from) | best val MSE before it | "
+        "best val MSE | final val MSE | final / best before |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for run, row in rows.items():
+        start = "never" if row["adversarial_from_epoch"] is None else (
+            f"{row['adversarial_from_epoch']} ({row['full_weight_from_epoch']})")
+        before = "-" if row["best_before"] is None else f"{row['best_before']:.5f}"
+        ratio = "-" if not row["best_before"] or row["adversarial_from_epoch"] is None else (
+            f"{row['final'] / row['best_before']:.2f}")
+        lines.append(f"| {run} | {row['last_epoch']} | {start} | {before} | {row['best']:.5f} | {row['final']:.5f} | "
+                     f"{ratio} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (each with a tensorboard/ folder)")
     parser.add_argument("--output", type=Path, required=True, help="PNG to write")
+    parser.add_argument("--table", type=Path, help="also write the schedule and MSE table (Markdown) here")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     opts = parser.parse_args(argv)
     if opts.output.exists() and not opts.overwrite:
         print(f"error: {opts.output} exists; pass --overwrite to replace it", file=sys.stderr)
         return 2
     figure, (train_axis, val_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    rows = {}
     for run in opts.runs:
         scalars = read_scalars(run / "tensorboard")
         if VALIDATION_TAG not in scalars or TRAINING_TAG not in scalars:
@@ -64,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         # the validation handler logs at the epoch, the training handler at the global iteration; a run stopped by
         # hand ends at most one epoch after its last validation, hence the rounding
         iterations_per_epoch = max(1, round(training[-1][0] / validation[-1][0]))
+        rows[str(run)] = adversarial_summary(scalars, iterations_per_epoch)
         epochs, losses = per_epoch(training, iterations_per_epoch)
         train_axis.plot(epochs, losses, label=run.name, linewidth=0.8)
         val_axis.plot(*zip(*validation), marker=".", label=run.name)
@@ -78,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     figure.savefig(temporary, dpi=100)
     plt.close(figure)
     temporary.replace(opts.output)
+    if opts.table:
+        command = " ".join(["python scripts/plot_training.py", *map(str, opts.runs), "--output", str(opts.output),
+                            "--table", str(opts.table)])
+        opts.table.write_text(f"<!-- generated by: {command} -->\n\n{summary_table(rows)}")
     return 0
 
 

@@ -186,7 +186,16 @@ def write_region_stls(
     existing = sorted(output.glob(f"{prefix}_[0-9]*.stl")) if output.is_dir() else []
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]}: mesh already exists (pass overwrite to replace this case's meshes)")
-    meshes = [region_mesh(labels == label, affine, space, smoothing_sigma) for label in present]
+    # one pass over the volume for all bounding boxes; each region is then meshed from its box alone, with the
+    # affine shifted to the box corner, so the cost does not grow with (regions x scan size)
+    boxes = ndimage.find_objects(labels)
+    matrix = np.asarray(convert_to_numpy(affine), dtype=np.float64)
+    meshes = []
+    for label in present:
+        box = boxes[int(label) - 1]
+        corner = np.eye(4)
+        corner[:3, 3] = [axis.start for axis in box]
+        meshes.append(region_mesh(labels[box] == label, matrix @ corner, space, smoothing_sigma))
     output.mkdir(parents=True, exist_ok=True)
     temporaries: list[Path] = []
     try:

@@ -184,3 +184,15 @@ def test_save_region_meshes_dict_names_files_after_the_source(tmp_path):
     assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.stl")] == ["case07/case07_wound_01.stl"]
     with pytest.raises(ValueError, match="MetaTensor"):
         SaveRegionMeshesd("regions", output_dir=tmp_path)({"regions": np.zeros((1, 4, 4, 4))})
+
+
+def test_region_files_match_meshing_each_region_of_the_whole_grid(tmp_path):
+    """The per-region bounding-box meshing places every mesh exactly where meshing the full-size mask would."""
+    labels = np.zeros((30, 26, 22), dtype=np.int16)
+    labels[3:12, 4:13, 2:11] = sphere((9, 9, 9), (4, 4, 4), 4.0) * 1
+    labels[17:28, 12:23, 9:20] = sphere((11, 11, 11), (5, 5, 5), 5.0) * 2
+    paths = write_region_stls(labels, OBLIQUE, tmp_path, "case")
+    for label, path in zip((1, 2), paths):
+        expected_vertices, expected_faces = region_mesh(labels == label, OBLIQUE)
+        written = stl_mesh.Mesh.from_file(str(path)).vectors.astype(np.float64)
+        assert np.allclose(written, expected_vertices[expected_faces], atol=1e-4)

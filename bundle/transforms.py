@@ -66,20 +66,51 @@ class ValidateLabels(Transform):
     Args:
         remap_preset: ``None`` or ``"dentalsegmentator"`` accept labels 0..5 unchanged and reject anything else;
             ``"toothfairy2"`` maps the ToothFairy2 labels (see ``_toothfairy2_lookup``).
+        spacing_range_mm: voxel sizes accepted, read from a MetaTensor's affine (column norms). A header with zero
+            spacing and no qform/sform, or an affine in metres or micrometres, gives sizes outside it; an affine that
+            is singular or not finite is refused as well, and so is a NIfTI header with neither qform nor sform
+            (nibabel then replaces a zero spacing by 1 mm, so the geometry is a guess). Plain arrays (no affine)
+            are not checked.
 
     Input: array of shape (X, Y, Z), any numeric dtype. Output: same shape and type, values in 0..5.
     Raises ``ValueError`` naming the source file and the problem.
     """
 
-    def __init__(self, remap_preset: str | None = None) -> None:
+    def __init__(
+        self, remap_preset: str | None = None, spacing_range_mm: tuple[float, float] = (0.05, 5.0)
+    ) -> None:
         self.remap_preset = "dentalsegmentator" if remap_preset is None else remap_preset
         self.lookup = look_up_option(self.remap_preset, REMAP_PRESETS)
+        self.spacing_range_mm = spacing_range_mm
+
+    def _check_geometry(self, img: NdarrayOrTensor, name: str) -> None:
+        affine = getattr(img, "affine", None)
+        if affine is None:
+            return
+        meta = getattr(img, "meta", {})
+        if "qform_code" in meta and "sform_code" in meta and int(meta["qform_code"]) == int(meta["sform_code"]) == 0:
+            raise ValueError(
+                f"{name}: the NIfTI header has neither a qform nor an sform, so the voxel size and orientation are "
+                "unknown; write the label map with its scan's geometry"
+            )
+        matrix = convert_to_tensor(affine, track_meta=False, dtype=torch.float64)
+        if not torch.isfinite(matrix).all():
+            raise ValueError(f"{name}: the image's affine (voxel -> world) has non-finite values")
+        spacing = torch.linalg.norm(matrix[:3, :3], dim=0)
+        low, high = self.spacing_range_mm
+        if torch.linalg.det(matrix[:3, :3]).abs() < 1e-12 or (spacing < low).any() or (spacing > high).any():
+            sizes = ", ".join(f"{v:.4g}" for v in spacing.tolist())
+            raise ValueError(
+                f"{name}: voxel size ({sizes}) mm is outside {low}-{high} mm or the affine is singular "
+                "(a header without valid spacing or qform/sform?)"
+            )
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         name = source_name(img)
         labels = convert_to_tensor(img, track_meta=False)
         if labels.ndim != 3:
             raise ValueError(f"{name}: expected a 3D label map, got an image of shape {tuple(labels.shape)}")
+        self._check_geometry(img, name)
         if labels.is_floating_point() and not torch.equal(labels, torch.round(labels)):
             raise ValueError(f"{name}: label map has non-integer values (is it an intensity image, not a segmentation?)")
         low, high = int(labels.min()), int(labels.max())
@@ -107,9 +138,15 @@ class ValidateLabels(Transform):
 class ValidateLabelsd(PerKeyd):
     """Dictionary form of :class:`ValidateLabels`."""
 
-    def __init__(self, keys: KeysCollection, remap_preset: str | None = None, allow_missing_keys: bool = False):
+    def __init__(
+        self,
+        keys: KeysCollection,
+        remap_preset: str | None = None,
+        spacing_range_mm: tuple[float, float] = (0.05, 5.0),
+        allow_missing_keys: bool = False,
+    ):
         super().__init__(keys, allow_missing_keys)
-        self.transform = ValidateLabels(remap_preset)
+        self.transform = ValidateLabels(remap_preset, spacing_range_mm)
 
 
 class LabelToIntensity(Transform):

@@ -101,3 +101,44 @@ def test_toothfairy2_rejects_a_map_with_no_jaw_label_and_labels_beyond_the_table
 def test_unknown_preset_is_refused():
     with pytest.raises(ValueError, match="toothfairy3"):
         ValidateLabels("toothfairy3")
+
+
+def _with_affine(affine: np.ndarray) -> MetaTensor:
+    return MetaTensor(torch.as_tensor(jaw()), affine=torch.as_tensor(affine), meta={"filename_or_obj": SOURCE})
+
+
+SINGULAR = np.eye(4)
+SINGULAR[:3, 1] = SINGULAR[:3, 0]
+
+
+@pytest.mark.parametrize(
+    "affine",
+    [np.diag([0.0, 0.0, 0.0, 1.0]), np.diag([100.0, 100.0, 100.0, 1.0]), np.diag([0.4, np.nan, 0.4, 1.0]), SINGULAR],
+    ids=["zero-spacing", "100mm", "nan", "singular"],
+)
+def test_invalid_geometry_is_rejected_with_file_and_reason(affine):
+    with pytest.raises(ValueError, match=re.escape(SOURCE) + ": .*(voxel size|non-finite)"):
+        ValidateLabels()(_with_affine(affine))
+
+
+def test_oblique_anisotropic_geometry_is_accepted():
+    angle = 0.3
+    affine = np.eye(4)
+    affine[:3, :3] = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine[:3, :3] = affine[:3, :3] @ np.diag([0.3, 0.3, 1.0])
+    np.testing.assert_array_equal(np.asarray(ValidateLabels()(_with_affine(affine))), jaw())
+
+
+def test_nifti_header_with_zero_spacing_and_no_qform_or_sform_is_refused(tmp_path):
+    import nibabel as nib
+    from monai.transforms import LoadImage
+
+    image = nib.Nifti1Image(jaw(), None)
+    image.header.set_zooms((0.0, 0.0, 0.0))
+    image.header.set_qform(None, code=0)
+    image.header.set_sform(None, code=0)
+    path = tmp_path / "zero_spacing.nii.gz"
+    nib.save(image, path)
+    loaded = LoadImage(image_only=True, dtype=None)(str(path))
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ": the NIfTI header has neither a qform nor an sform"):
+        ValidateLabels()(loaded)

@@ -15,7 +15,7 @@ from tests.test_evaluation_summary import _case
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from report_evaluation import acceptance_rows  # noqa: E402
+from report_evaluation import acceptance_rows, eval_metrics  # noqa: E402
 
 
 def _metrics(tmp_path, healthy_regions: int, weak_dice: float) -> dict:
@@ -54,3 +54,10 @@ def test_committed_table_is_generated_from_the_committed_json(tmp_path):
                     "docs/acceptance.json", "--markdown", str(output)], cwd=ROOT, check=True, capture_output=True)
     generated, committed = output.read_text().splitlines(), (ROOT / "docs" / "acceptance.md").read_text().splitlines()
     assert generated[1:] == committed[1:]  # line 0 names the output file
+
+
+@pytest.mark.skipif(not (ROOT / "docs" / "acceptance.json").exists(), reason="no committed acceptance run")
+def test_metadata_eval_metrics_are_generated_from_the_committed_json():
+    runs = json.loads((ROOT / "docs" / "acceptance.json").read_text())
+    metadata = json.loads((ROOT / "configs" / "metadata.json").read_text())
+    assert metadata["eval_metrics"] == eval_metrics(runs)

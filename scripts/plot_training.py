@@ -4,8 +4,9 @@ logs (``<run>/tensorboard``, written by the training configs' ``TensorBoardStats
     python scripts/plot_training.py runs/s1_large runs/s2_large runs/s2_blob --output docs/figures/training_curves.png
 
 The x axis is the epoch (a resumed run continues its parent's epochs). Training loss is averaged per epoch.
-``--table docs/x.md`` also writes, per run, the adversarial schedule as logged (``adv_scale``) and the validation MSE
-before and during the adversarial phase: the best MSE before the term came in, the final MSE and their ratio.
+``--table docs/x.md`` also writes, per run, the adversarial schedule as logged (``adv_weight``, ``adv_scale``) and the
+validation MSE before and during the adversarial phase: the best MSE before the term came in, the final MSE and their
+ratio.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 VALIDATION_TAG = "val_mse"
 TRAINING_TAG = "loss_recon"
 SCHEDULE_TAG = "adv_scale"
+WEIGHT_TAG = "adv_weight"
 
 
 def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -48,8 +50,9 @@ def per_epoch(points: list[tuple[int, float]], iterations_per_epoch: int) -> tup
 
 def adversarial_summary(scalars: dict, iterations_per_epoch: int) -> dict:
     """First epoch with the adversarial term on, first at full weight, and the validation MSE around them."""
-    on = [step for step, value in sorted(scalars.get(SCHEDULE_TAG, [])) if value > 0]
-    full = [step for step, value in sorted(scalars.get(SCHEDULE_TAG, [])) if value >= 1]
+    # the weight applied, not the schedule: a VQ-VAE logs the schedule but applies no adversarial term
+    on = [step for step, value in sorted(scalars.get(WEIGHT_TAG, [])) if value > 0]
+    full = [step for step, value in sorted(scalars.get(SCHEDULE_TAG, [])) if value >= 1] if on else []
     validation = sorted(scalars[VALIDATION_TAG])
     first_on = (on[0] - 1) // iterations_per_epoch + 1 if on else None
     before = [value for epoch, value in validation if first_on is None or epoch < first_on]

@@ -37,10 +37,13 @@ def test_adversarial_summary_splits_validation_at_the_first_adversarial_epoch():
     # 10 iterations per epoch; the term comes in at iteration 41 (epoch 5) and reaches full weight at 60 (epoch 6)
     schedule = [(step, min(1.0, max(0.0, (step - 40) / 20))) for step in range(1, 101)]
     validation = [(2, 0.05), (4, 0.02), (6, 0.03), (8, 0.025), (10, 0.022)]
-    row = plot_training.adversarial_summary({"adv_scale": schedule, "val_mse": validation}, 10)
+    weight = [(step, 1e-3 * value) for step, value in schedule]
+    row = plot_training.adversarial_summary({"adv_scale": schedule, "adv_weight": weight, "val_mse": validation}, 10)
     assert (row["adversarial_from_epoch"], row["full_weight_from_epoch"]) == (5, 6)
     assert (row["best_before"], row["best"], row["final"], row["last_epoch"]) == (0.02, 0.02, 0.022, 10)
     table = plot_training.summary_table({"s1": row})
     assert "| s1 | 10 | 5 (6) | 0.02000 | 0.02000 | 0.02200 | 1.10 |" in table
-    never = plot_training.adversarial_summary({"adv_scale": [(1, 0.0)], "val_mse": validation}, 10)
+    # a VQ-VAE logs the schedule but applies no adversarial weight
+    vqvae = {"adv_scale": schedule, "adv_weight": [(step, 0.0) for step, _ in schedule], "val_mse": validation}
+    never = plot_training.adversarial_summary(vqvae, 10)
     assert never["adversarial_from_epoch"] is None and never["best_before"] == 0.02

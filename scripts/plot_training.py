@@ -1,7 +1,7 @@
 """Plot the validation MSE and the training reconstruction loss of one or more training runs, from their TensorBoard
 logs (``<run>/tensorboard``, written by the training configs' ``TensorBoardStatsHandler``).
 
-    python scripts/plot_training.py runs/s1_large runs/s2_large runs/s2_blob --output docs/figures/training_curves.png
+    python scripts/plot_training.py runs/bank/stage1 runs/bank/stage2 --output docs/figures/training_curves.png
 
 The x axis is the epoch (a resumed run continues its parent's epochs). Training loss is averaged per epoch.
 ``--table docs/x.md`` also writes, per run, the adversarial schedule as logged (``adv_weight``, ``adv_scale``) and the

@@ -30,7 +30,12 @@ def _summary(values: list[float]) -> dict:
     finite = _finite(values)
     if not finite:
         return {"n": 0}
-    return {"n": len(finite), "mean": float(np.mean(finite)), "min": float(np.min(finite)), "max": float(np.max(finite))}
+    return {
+        "n": len(finite),
+        "mean": float(np.mean(finite)),
+        "min": float(np.min(finite)),
+        "max": float(np.max(finite)),
+    }
 
 
 class AnomalyEvaluationHandler:

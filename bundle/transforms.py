@@ -112,7 +112,9 @@ class ValidateLabels(Transform):
             raise ValueError(f"{name}: expected a 3D label map, got an image of shape {tuple(labels.shape)}")
         self._check_geometry(img, name)
         if labels.is_floating_point() and not torch.equal(labels, torch.round(labels)):
-            raise ValueError(f"{name}: label map has non-integer values (is it an intensity image, not a segmentation?)")
+            raise ValueError(
+                f"{name}: label map has non-integer values (is it an intensity image, not a segmentation?)"
+            )
         low, high = int(labels.min()), int(labels.max())
         if high == 0 and low == 0:
             raise ValueError(f"{name}: label map is empty (all voxels are 0)")

@@ -196,7 +196,8 @@ def main() -> int:
         print(f"  {key:<24}{m[key]:8.2f} s")
     print(f"  naive reconstructions   {m['naive_reconstructions']:8.2f} s  (two MONAI VQVAEs, overlap 0.5)")
     print(f"  naive pipeline          {result['naive_pipeline_seconds']:8.2f} s")
-    print(f"speed-up: reconstructions x{result['speedup_reconstructions']:.2f}, pipeline x{result['speedup_pipeline']:.2f}")
+    print(f"speed-up: reconstructions x{result['speedup_reconstructions']:.2f}, "
+          f"pipeline x{result['speedup_pipeline']:.2f}")
     print(f"peak RSS {result['peak_rss_gb']:.2f} GB")
     if args.json:
         args.json.write_text(json.dumps(result, indent=4) + "\n")

@@ -40,6 +40,7 @@ def main() -> int:
         print(f"make_sample.py: {args.output_dir / existing[0]}: exists; pass --overwrite", file=sys.stderr)
         return 2
     args.output_dir.mkdir(parents=True, exist_ok=True)
+
     def phantom(spacing: float, with_cbct: bool):
         return make_phantom(SAMPLE_SEED, spacing, "onj", options=SAMPLE_ANATOMY, lesion_volume_ml=SAMPLE_LESION_ML,
                             with_cbct=with_cbct)

@@ -9,10 +9,11 @@ Each run is the ``metrics.json`` written by the evaluation overlay (``bundle.eva
         --json docs/acceptance.json --markdown docs/acceptance.md
 
 ``--metadata configs/metadata.json`` also replaces its ``eval_metrics`` with the headline figures of every run (keys
-prefixed by the run's label in snake case). ``--from_json docs/acceptance.json`` rewrites the Markdown from a JSON written before (no evaluation needed), so a
-test can check that the committed table is what the committed JSON gives. The targets are those of the real-anatomy
-issue: every lesion subject above every healthy one (two-reconstruction score), mean Dice >= 0.75, every lesion of
-at least 1 cm^3 found (Dice > 0.3), at most 1 in 10 healthy subjects with any wound region.
+prefixed by the run's label in snake case). ``--from_json docs/acceptance.json`` rewrites the Markdown from a JSON
+written before (no evaluation needed), so a test can check that the committed table is what the committed JSON gives.
+The targets are those of the real-anatomy issue: every lesion subject above every healthy one (two-reconstruction
+score), mean Dice >= 0.75, every lesion of at least 1 cm^3 found (Dice > 0.3), at most 1 in 10 healthy subjects with
+any wound region.
 """
 
 from __future__ import annotations

@@ -205,13 +205,14 @@ class LabelRegions(Transform):
     """Connected components of a binary mask -> region label map (scipy ``ndimage.label``).
 
     Args:
-        connectivity: 1 (faces, 6 neighbours; default), 2 (+ edges, 18) or 3 (+ corners, 26).
+        connectivity: 1 (faces, 6 neighbours), 2 (+ edges, 18) or 3 (+ corners, 26; the default, as in
+            configs/inference.json).
 
     Input: (1, X, Y, Z) mask; any voxel > 0 is foreground (e.g. the 0/1 output of ``AsDiscrete(threshold=...)``).
     Output: (1, X, Y, Z) int32, background 0, regions 1..K numbered in raster order of their first voxel.
     """
 
-    def __init__(self, connectivity: int = 1) -> None:
+    def __init__(self, connectivity: int = 3) -> None:
         self.structure = connectivity_footprint(connectivity).numpy()
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
@@ -258,8 +259,9 @@ class GrowRegions(Transform):
     predicts tissue, for at most ``steps`` one-voxel dilation steps: this fills the defect (Algorithm 1, ``grow``).
 
     Args:
-        tissue_threshold: a voxel may be added when the stage-2 reconstruction G2 is >= this value (0.55: halfway
-            between background 0 and the lowest tissue intensity, upper skull x' = 0.6).
+        tissue_threshold: a voxel may be added when the stage-2 reconstruction G2 is >= this value (0.35, chosen on
+            the tuning set with the shipped weights, docs/tuning.json; method.md's 0.55 lies halfway between
+            background 0 and the lowest tissue intensity, upper skull x' = 0.6).
         steps: the most dilation steps (each adds a one-voxel shell); 0 leaves the regions as they are.
         connectivity: neighbourhood of one step, as :func:`connectivity_footprint` (1 = 6 neighbours).
 
@@ -270,7 +272,7 @@ class GrowRegions(Transform):
     (empty = 0 in every channel); reconstruction (1, X, Y, Z) G2 in [0, 1]. Returns the grown label map.
     """
 
-    def __init__(self, tissue_threshold: float = 0.55, steps: int = 5, connectivity: int = 1) -> None:
+    def __init__(self, tissue_threshold: float = 0.35, steps: int = 4, connectivity: int = 1) -> None:
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
         self.tissue_threshold = tissue_threshold
@@ -418,7 +420,7 @@ class GreyDilationd(PerKeyd):
 class LabelRegionsd(PerKeyd):
     """Dictionary form of :class:`LabelRegions`: ``keys`` name the binary mask(s), replaced by region label maps."""
 
-    def __init__(self, keys: KeysCollection, connectivity: int = 1, allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection, connectivity: int = 3, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.transform = LabelRegions(connectivity)
 
@@ -480,8 +482,8 @@ class GrowRegionsd(MapTransform):
         keys: KeysCollection,
         image_key: str = "image",
         reconstruction_key: str = "reconstruction",
-        tissue_threshold: float = 0.55,
-        steps: int = 5,
+        tissue_threshold: float = 0.35,
+        steps: int = 4,
         connectivity: int = 1,
         allow_missing_keys: bool = False,
     ) -> None:

@@ -5,8 +5,8 @@ lesion on a 90 x 90 x 83 grid at 2 mm (the size real_anatomy.md gives for a real
 2 mm). Stages, as the bundle runs them:
   load + preprocess -> both reconstructions (sliding window) -> post-processing (regions) -> invert + write (NIfTI,
   STL, report; the overview figure is off, it is not part of the per-scan work a deployment needs).
-The architecture and the inferer come from the configs (``configs/inference.json``, which reads
-``configs/common.json#generator_def``) through MONAI's ``ConfigParser``. Naive peer, in the same run: two separate
+The architecture and the inferer come from the configs (``configs/inference.json``: ``generator_def``,
+``inferer``) through MONAI's ``ConfigParser``. Naive peer, in the same run: two separate
 MONAI ``VQVAE`` networks with the generator's widths below full resolution (same latent grid), each through MONAI's
 ``SlidingWindowInferer`` with method.md's 64^3 windows at overlap 0.5, and the squared difference of their outputs.
 Peak memory is the process's maximum resident set size after the timed runs (torch and MONAI included).
@@ -37,7 +37,6 @@ from monai.transforms import Compose
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.chdir(ROOT)  # the configs import configs/common.json relative to the bundle root
 
 from jaw_phantoms.anatomy import AnatomyOptions  # noqa: E402
 from jaw_phantoms.phantom import make_phantom  # noqa: E402
@@ -80,7 +79,7 @@ def naive_peer(parser: ConfigParser) -> tuple[torch.nn.Module, torch.nn.Module]:
     """Two MONAI VQVAEs with the configured generator's widths below full resolution (the same latent grid)."""
     generator = parser.get_parsed_content("generator_def")
     widths = generator.channels[1:] if generator.stem_stride == 1 else generator.channels
-    blocks = parser.get("generator_def").get("num_res_blocks", 1)  # the raw definition, macro resolved
+    blocks = parser.get("generator_def").get("num_res_blocks", 1)  # the raw definition
     res_layers = max(blocks[-len(widths) :]) if isinstance(blocks, (list, tuple)) else int(blocks)
 
     def vqvae() -> torch.nn.Module:
@@ -112,7 +111,8 @@ def run(repeats: int) -> dict:
         folder = Path(scratch)
         scan = write_scan(folder)
         parser = ConfigParser()
-        parser.read_config("configs/inference.json")
+        parser.read_config(str(ROOT / "configs" / "inference.json"))
+        parser["bundle_root"] = str(ROOT)
         parser.update({"input": str(scan), "output_dir": str(folder / "out"), "overwrite": True,
                        "write_figure": False})
         (folder / "out").mkdir()

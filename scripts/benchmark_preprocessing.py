@@ -1,4 +1,4 @@
-"""Time the shared preprocessing of configs/common.json on a full-size synthetic DentalSegmentator label map.
+"""Time the shared preprocessing of configs/train.json (the chain inference.json repeats) on a full-size synthetic DentalSegmentator label map.
 
 Writes a jaw-like int16 label map (default 600 x 600 x 416 voxels at 0.25 mm, the size of the paper's CBCTs: upper
 skull with sinuses, mandible with rami, 28 teeth, both canals) in each requested format, then, for each format and
@@ -126,7 +126,7 @@ def measure(path: Path) -> dict:
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "common.json"))
+    parser.read_config(str(ROOT / "configs" / "train.json"))
     chain = parser.get_parsed_content("preprocessing")
     key = parser.get_parsed_content("image_key")
     start = time.perf_counter()

@@ -2,7 +2,7 @@
 
 Measures, in one run and interleaved (so that load from other processes hits every line alike):
 - the bundle's iteration, ``bundle.gan_step.gan_training_step`` with the bundle's generator and discriminator
-  (``configs/common.json#generator_def``, ``configs/train.json`` discriminator settings, unless overridden);
+  (``configs/inference.json#generator_def``, ``configs/train.json`` discriminator settings, unless overridden);
 - a peer: MONAI's ``VQVAE`` + ``PatchDiscriminator`` of the same widths, trained by a plain PyTorch step that gets
   the adaptive weight from two full extra backward passes;
 - a float32 matmul ceiling (large ``torch.mm``) and a convolution ceiling (a large channels-last 3x3x3 ``conv3d``);
@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=2, help="batch size (default: 2)")
     parser.add_argument("--size", type=int, default=64, help="cubic crop edge in voxels (default: 64)")
     parser.add_argument(
-        "--channels", type=int, nargs="+", help="generator widths, overriding configs/common.json#generator_def"
+        "--channels", type=int, nargs="+", help="generator widths, overriding configs/inference.json#generator_def"
     )
     parser.add_argument(
         "--num-res-blocks", type=int, nargs="+", help="residual blocks per level (default: config; 1 with --channels)"
@@ -78,9 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def load_architecture(args: argparse.Namespace) -> tuple[dict, int, int]:
     """Generator keyword arguments and discriminator (channels, layers): the bundle's configs, then CLI overrides."""
     generator_kwargs = dict(FALLBACK_GENERATOR)
-    common, train = BUNDLE_ROOT / "configs" / "common.json", BUNDLE_ROOT / "configs" / "train.json"
-    if common.is_file():
-        definition = json.loads(common.read_text()).get("generator_def", {})
+    inference, train = BUNDLE_ROOT / "configs" / "inference.json", BUNDLE_ROOT / "configs" / "train.json"
+    if inference.is_file():
+        definition = json.loads(inference.read_text()).get("generator_def", {})
         generator_kwargs.update({k: v for k, v in definition.items() if not k.startswith("_")})
     disc_channels, disc_layers = 64, 3
     if train.is_file():
@@ -94,7 +94,7 @@ def load_architecture(args: argparse.Namespace) -> tuple[dict, int, int]:
         generator_kwargs["num_res_blocks"] = args.num_res_blocks
     for key, value in generator_kwargs.items():
         if isinstance(value, str) and value[:1] in "@$%":
-            raise ValueError(f"{common}: generator_def#{key} is an expression ({value}); the benchmark needs values")
+            raise ValueError(f"{inference}: generator_def#{key} is an expression ({value}); the benchmark needs values")
     return generator_kwargs, args.discriminator_channels or disc_channels, args.discriminator_layers or disc_layers
 
 

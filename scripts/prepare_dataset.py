@@ -1,7 +1,7 @@
 """Check a folder of DentalSegmentator label maps (and optionally their raw CBCTs) and write a seeded MONAI datalist.
 
 Every label map (.nii, .nii.gz, .nrrd, .mha, directly in --label_dir) goes through the shared preprocessing of
-configs/common.json up to and including its label validation (loading, then ValidateLabelsd with --remap_preset), so a
+configs/train.json up to and including its label validation (loading, then ValidateLabelsd with --remap_preset), so a
 file accepted here is a file the training and inference chains accept. Nothing stops at the first bad file: every
 rejected file is printed with its reason and listed under "rejected" in the datalist.
 
@@ -48,7 +48,7 @@ from bundle.transforms import REMAP_PRESETS, ValidateLabelsd  # noqa: E402
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 NNUNET_CHANNEL_SUFFIX = "_0000"
 SPLITS = ("training", "validation", "test")
-DEFAULT_CONFIG = ROOT / "configs" / "common.json"
+DEFAULT_CONFIG = ROOT / "configs" / "train.json"
 
 
 @dataclass(frozen=True)

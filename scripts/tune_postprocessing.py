@@ -38,7 +38,6 @@ from monai.transforms import Compose
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.chdir(ROOT)  # the configs import configs/common.json relative to the bundle root
 
 from bundle.metrics import average_precision  # noqa: E402
 from bundle.scoring import subject_score  # noqa: E402
@@ -198,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_grad_enabled(False)
     parser = ConfigParser()
-    parser.read_config(["configs/inference.json", "configs/evaluate.json"])
+    parser.read_config([str(ROOT / "configs" / "inference.json"), str(ROOT / "configs" / "evaluate.json")])
+    parser["bundle_root"] = str(ROOT)
     parser.update({"datalist": str(Path(opts.datalist).resolve()), "datalist_key": opts.datalist_key,
                    "checkpoint": opts.checkpoint})
     for name, value in parse_overrides(opts.override).items():

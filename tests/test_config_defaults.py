@@ -29,10 +29,9 @@ def _bundle_components(config, path: str = ""):
             yield from _bundle_components(value, f"{path}#{index}")
 
 
-def test_numeric_config_values_equal_python_defaults(monkeypatch):
-    monkeypatch.chdir(ROOT)
+def test_numeric_config_values_equal_python_defaults():
     parser = ConfigParser()
-    parser.read_config("configs/inference.json")
+    parser.read_config(str(ROOT / "configs" / "inference.json"))
     checked, mismatches = 0, []
     for path, target, arguments in _bundle_components(parser.get()):
         module, name = target.rsplit(".", 1)

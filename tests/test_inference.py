@@ -103,8 +103,7 @@ def test_search_region_off_is_one_override_away(default_case, tiny_weights, labe
     np.testing.assert_array_equal(raw_on, raw_off)  # the saved map is the raw map either way
 
 
-def test_infer_workflow_has_every_required_property(tiny_weights, label_map, tmp_path, monkeypatch):
-    monkeypatch.chdir(ROOT)  # configs import configs/common.json relative to the bundle root
+def test_infer_workflow_has_every_required_property(tiny_weights, label_map, tmp_path):
     workflow = ConfigWorkflow(
         config_file=str(ROOT / "configs" / "inference.json"),
         workflow_type="infer",

@@ -15,7 +15,7 @@ TINY = {"channels": [4, 8], "num_embeddings": 16, "embedding_dim": 4}
 
 
 def _package(tmp_path: Path, stage1: dict, stage2: dict, *extra: str) -> subprocess.CompletedProcess:
-    config = tmp_path / "common.json"
+    config = tmp_path / "generator.json"
     config.write_text(json.dumps({"generator_def": {"_target_": "bundle.networks.VQGANGenerator", **TINY}}))
     torch.save({"generator": stage1}, tmp_path / "stage1.pt")
     torch.save({"generator": stage2}, tmp_path / "stage2.pt")

@@ -137,7 +137,7 @@ def test_datalist_paths_resolve_with_load_decathlon_datalist_and_feed_the_shared
         assert all(Path(item["image"]).is_file() and Path(item["cbct"]).is_file() for item in items)
     assert sorted(Path(item["image"]) for item in loaded) == sorted(good)
     parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "common.json"))
+    parser.read_config(str(ROOT / "configs" / "train.json"))
     image = Compose(parser.get_parsed_content("preprocessing"))(loaded[0])["image"]
     assert image.shape[0] == 1 and np.allclose(np.diag(image.affine)[:3], 2.0)
     values = set(np.round(np.unique(image.numpy()).astype(np.float64), 4).tolist())

@@ -83,10 +83,10 @@ def test_g2_restored_tissue_counts_where_the_input_is_empty_and_it_joins_the_jaw
 
 
 @pytest.fixture
-def config(monkeypatch) -> ConfigParser:
-    monkeypatch.chdir(ROOT)  # configs import configs/common.json relative to the bundle root
+def config() -> ConfigParser:
     parser = ConfigParser()
     parser.read_config(str(ROOT / "configs" / "inference.json"))
+    parser["bundle_root"] = str(ROOT)
     return parser
 
 

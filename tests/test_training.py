@@ -123,15 +123,12 @@ def test_train_configs_have_every_required_property(stage1, tmp_path, tiny_train
         assert workflow.max_epochs == 2
 
 
-def test_paper_defaults_and_shared_definitions():
+def test_paper_defaults():
     parser = ConfigParser()
     parser.read_config(str(ROOT / TRAIN))
     for name, value in {"batch_size": 16, "learning_rate": 3e-4, "adversarial_weight_factor": 0.8}.items():
         assert parser[name] == value, name
     assert parser["adversarial_delta"] == 1e-4 and parser["crop_size"] == [64, 64, 64]
-    common = ConfigParser.load_config_file(str(ROOT / "configs" / "common.json"))
-    assert parser.get_parsed_content("network_def", instantiate=False).get_config() == common["generator_def"]
-    assert parser["preprocessing"] == common["preprocessing"]
 
 
 def test_cpu_overlay_changes_no_architecture_and_only_known_ids():
@@ -144,7 +141,7 @@ def test_cpu_overlay_changes_no_architecture_and_only_known_ids():
     merged = ConfigParser()
     merged.read_config([str(ROOT / TRAIN), str(ROOT / CPU)])
     inference = ConfigParser()
-    inference.read_config(str(ROOT / "configs" / "common.json"))
+    inference.read_config(str(ROOT / "configs" / "inference.json"))
     shapes = {k: v.shape for k, v in merged.get_parsed_content("network_def").state_dict().items()}
     assert shapes == {k: v.shape for k, v in inference.get_parsed_content("generator_def").state_dict().items()}
 

@@ -1,4 +1,6 @@
-"""Eqs. 12-15 on hand-made arrays and the shared preprocessing chain of configs/common.json."""
+"""Eqs. 12-15 on hand-made arrays and the shared preprocessing chain of the configs."""
+
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -9,6 +11,8 @@ from monai.transforms import Compose
 from scipy import ndimage
 
 from bundle.transforms import LabelToIntensityd, MaskTeeth, MaskTeethd, TeethMask, TeethMaskd, teeth_mask
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_label_to_intensity_exact_values():
@@ -57,7 +61,7 @@ def test_teeth_mask_rejects_even_kernel():
 
 def _preprocessing():
     parser = ConfigParser()
-    parser.read_config("configs/common.json")
+    parser.read_config(str(ROOT / "configs" / "train.json"))
     return Compose(parser.get_parsed_content("preprocessing"))
 
 

@@ -1,8 +1,9 @@
 """Combine a stage-1 and a stage-2 training checkpoint into the inference weights ``models/model.pt``.
 
 The result is the state dict of ``bundle.networks.AnomalyDetector`` (stage-1 encoder, stage-2 encoder, shared
-codebook and decoder) built from ``configs/common.json#generator_def``, with its sha256 recorded beside it in
-``model.pt.sha256``. Checks that the two checkpoints share the frozen codebook and decoder bit for bit.
+codebook and decoder) built from ``configs/inference.json#generator_def``, with its sha256 recorded beside it in
+``model.pt.sha256`` (and, when the output is the bundle's own ``models/model.pt``, in ``large_files.yml``, which the
+model zoo uses to fetch the weights). Checks that the two checkpoints share the frozen codebook and decoder bit for bit.
 
     python scripts/package_model.py --stage1 runs/stage1/model.pt --stage2 runs/stage2/model.pt --output models/model.pt
 """
@@ -16,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+import yaml
 from monai.bundle import ConfigParser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +68,22 @@ def package(stage1: Path, stage2: Path, output: Path, key: str, overwrite: bool,
     return write_checksum(output)
 
 
+def record_in_large_files(output: Path, digest: str, large_files: Path = ROOT / "large_files.yml") -> bool:
+    """Replace the hash of ``output``'s entry in ``large_files`` (comments and layout kept); False when not listed."""
+    if not large_files.is_file():
+        return False
+    for entry in yaml.safe_load(large_files.read_text()).get("large_files", []):
+        if (large_files.parent / entry["path"]).resolve() == output.resolve():
+            if entry.get("hash_type", "sha256") != "sha256":
+                raise ValueError(f"{large_files}: {entry['path']} has hash_type {entry['hash_type']}, not sha256")
+            recorded = str(entry.get("hash_val") or "")
+            if len(recorded) != 64:
+                raise ValueError(f"{large_files}: {entry['path']} has no sha256 hash_val to replace")
+            large_files.write_text(large_files.read_text().replace(recorded, digest))
+            return True
+    return False
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage1", type=Path, required=True, help="stage-1 checkpoint (CheckpointSaver file)")
@@ -74,7 +92,7 @@ def main() -> int:
     parser.add_argument("--key", default="generator", help="generator entry in the checkpoints (default: generator)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument(
-        "--config_file", type=Path, default=ROOT / "configs" / "common.json", help="config holding generator_def"
+        "--config_file", type=Path, default=ROOT / "configs" / "inference.json", help="config holding generator_def"
     )
     args = parser.parse_args()
     try:
@@ -83,6 +101,8 @@ def main() -> int:
         print(f"package_model.py: {error}", file=sys.stderr)
         return 2
     print(f"{args.output}: sha256 {digest}")
+    if record_in_large_files(args.output, digest):
+        print(f"{ROOT / 'large_files.yml'}: hash of {args.output.name} updated")
     return 0
 
 

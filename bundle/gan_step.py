@@ -59,9 +59,7 @@ def gan_training_step(
         raise ValueError("autocast_dtype=float16 needs gradient scaling, which this step does not do; use bfloat16")
     if discriminator is not None and optimizer_d is None:
         raise ValueError("a discriminator was given without optimizer_d")
-    autocast = (
-        torch.autocast(device_type=inputs.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
-    )
+    autocast = torch.autocast(device_type=inputs.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     zero = torch.zeros((), device=inputs.device)
     if not 0.0 <= adversarial_scale <= 1.0:
         raise ValueError(f"adversarial_scale must be in [0, 1], got {adversarial_scale}")

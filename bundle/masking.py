@@ -83,7 +83,9 @@ class RandTissueBlobDropout(RandomizableTransform):
             )
             if self.roughness > 0:
                 noise = F.interpolate(
-                    torch.from_numpy(nodes).to(device)[None, None], size=tuple(spatial_shape), mode="trilinear",
+                    torch.from_numpy(nodes).to(device)[None, None],
+                    size=tuple(spatial_shape),
+                    mode="trilinear",
                     align_corners=True,
                 )[0, 0]
                 level = level + self.roughness * noise

@@ -208,9 +208,7 @@ class VQGANTrainer(Trainer):
 def scalar_outputs(output: Mapping[str, Any]) -> dict[str, float]:
     """The scalar entries of ``engine.state.output`` (losses, lambda, perplexity, codes used) as floats, for the
     ``output_transform`` of ``StatsHandler`` and ``TensorBoardStatsHandler``; image tensors are left out."""
-    return {
-        name: float(value) for name, value in output.items() if name != CommonKeys.LOSS and is_scalar(value)
-    }
+    return {name: float(value) for name, value in output.items() if name != CommonKeys.LOSS and is_scalar(value)}
 
 
 def init_stage2(

@@ -76,9 +76,7 @@ class ValidateLabels(Transform):
     Raises ``ValueError`` naming the source file and the problem.
     """
 
-    def __init__(
-        self, remap_preset: str | None = None, spacing_range_mm: tuple[float, float] = (0.05, 5.0)
-    ) -> None:
+    def __init__(self, remap_preset: str | None = None, spacing_range_mm: tuple[float, float] = (0.05, 5.0)) -> None:
         self.remap_preset = "dentalsegmentator" if remap_preset is None else remap_preset
         self.lookup = look_up_option(self.remap_preset, REMAP_PRESETS)
         self.spacing_range_mm = spacing_range_mm

@@ -38,9 +38,9 @@ from monai.transforms import Compose
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bundle.weights import load_verified_weights, write_checksum  # noqa: E402
 from jaw_phantoms.anatomy import AnatomyOptions  # noqa: E402
 from jaw_phantoms.phantom import make_phantom  # noqa: E402
-from bundle.weights import load_verified_weights, write_checksum  # noqa: E402
 
 GRID = (90, 90, 83)
 PEER_WINDOW = (64, 64, 64)  # method.md's inference window
@@ -113,8 +113,7 @@ def run(repeats: int) -> dict:
         parser = ConfigParser()
         parser.read_config(str(ROOT / "configs" / "inference.json"))
         parser["bundle_root"] = str(ROOT)
-        parser.update({"input": str(scan), "output_dir": str(folder / "out"), "overwrite": True,
-                       "write_figure": False})
+        parser.update({"input": str(scan), "output_dir": str(folder / "out"), "overwrite": True, "write_figure": False})
         (folder / "out").mkdir()
         network = parser.get_parsed_content("network")
         weights, weights_source = weights_for(network, folder)
@@ -127,8 +126,17 @@ def run(repeats: int) -> dict:
         peer_1, peer_2 = naive_peer(parser)
         peer_inferer = SlidingWindowInferer(roi_size=PEER_WINDOW, sw_batch_size=inferer.sw_batch_size, overlap=0.5)
 
-        rows: dict[str, list[float]] = {k: [] for k in ("load_preprocess", "reconstructions", "postprocess",
-                                                         "invert_write", "total", "naive_reconstructions")}
+        rows: dict[str, list[float]] = {
+            k: []
+            for k in (
+                "load_preprocess",
+                "reconstructions",
+                "postprocess",
+                "invert_write",
+                "total",
+                "naive_reconstructions",
+            )
+        }
         with torch.inference_mode():
             for _ in range(repeats + 1):  # the first run warms up and is dropped
                 data, t_load = timed(preprocessing, {"image": str(scan)})
@@ -139,9 +147,13 @@ def run(repeats: int) -> dict:
                 for case in (folder / "out").glob("*"):
                     shutil.rmtree(case)
                 _, t_write = timed(writing, item)
-                _, t_naive = timed(lambda: (peer_inferer(image, lambda x: peer_2(x)[0]) - peer_inferer(image, lambda x: peer_1(x)[0])) ** 2)
-                for key, value in zip(rows, (t_load, t_net, t_post, t_write, t_load + t_net + t_post + t_write,
-                                             t_naive)):
+                _, t_naive = timed(
+                    lambda: (peer_inferer(image, lambda x: peer_2(x)[0]) - peer_inferer(image, lambda x: peer_1(x)[0]))
+                    ** 2
+                )
+                for key, value in zip(
+                    rows, (t_load, t_net, t_post, t_write, t_load + t_net + t_post + t_write, t_naive)
+                ):
                     rows[key].append(value)
         median = {k: float(np.median(v[1:])) for k, v in rows.items()}
         naive_total = median["total"] - median["reconstructions"] + median["naive_reconstructions"]
@@ -149,8 +161,11 @@ def run(repeats: int) -> dict:
             "grid": list(GRID),
             "weights": weights_source,
             "threads": torch.get_num_threads(),
-            "sliding_window": {"roi_size": list(inferer.roi_size), "overlap": inferer.overlap,
-                               "sw_batch_size": inferer.sw_batch_size},
+            "sliding_window": {
+                "roi_size": list(inferer.roi_size),
+                "overlap": inferer.overlap,
+                "sw_batch_size": inferer.sw_batch_size,
+            },
             "median_seconds": median,
             "naive_pipeline_seconds": naive_total,
             "speedup_reconstructions": median["naive_reconstructions"] / median["reconstructions"],
@@ -165,8 +180,10 @@ def markdown_table(result: dict) -> str:
     m, window = result["median_seconds"], result["sliding_window"]
     rows = [
         ("load + preprocess", m["load_preprocess"]),
-        (f"both reconstructions (windows of {window['roi_size'][0]}^3, overlap {window['overlap']})",
-         m["reconstructions"]),
+        (
+            f"both reconstructions (windows of {window['roi_size'][0]}^3, overlap {window['overlap']})",
+            m["reconstructions"],
+        ),
         ("post-processing to regions", m["postprocess"]),
         ("invert to the input grid + write NIfTI, STL, report", m["invert_write"]),
         ("**total**", m["total"]),
@@ -196,14 +213,18 @@ def main() -> int:
         print(f"  {key:<24}{m[key]:8.2f} s")
     print(f"  naive reconstructions   {m['naive_reconstructions']:8.2f} s  (two MONAI VQVAEs, overlap 0.5)")
     print(f"  naive pipeline          {result['naive_pipeline_seconds']:8.2f} s")
-    print(f"speed-up: reconstructions x{result['speedup_reconstructions']:.2f}, "
-          f"pipeline x{result['speedup_pipeline']:.2f}")
+    print(
+        f"speed-up: reconstructions x{result['speedup_reconstructions']:.2f}, "
+        f"pipeline x{result['speedup_pipeline']:.2f}"
+    )
     print(f"peak RSS {result['peak_rss_gb']:.2f} GB")
     if args.json:
         args.json.write_text(json.dumps(result, indent=4) + "\n")
     if args.markdown:
-        command = (f"python scripts/benchmark_inference.py --repeats {args.repeats} --json {args.json} "
-                   f"--markdown {args.markdown}")
+        command = (
+            f"python scripts/benchmark_inference.py --repeats {args.repeats} --json {args.json} "
+            f"--markdown {args.markdown}"
+        )
         args.markdown.write_text(f"<!-- generated by: {command} -->\n\n{markdown_table(result)}")
     return 0
 

@@ -1,4 +1,5 @@
-"""Time the shared preprocessing of configs/train.json (the chain inference.json repeats) on a full-size synthetic DentalSegmentator label map.
+"""Time the label preprocessing of configs/train.json (inference.json repeats it) on a full-size synthetic
+DentalSegmentator label map.
 
 Writes a jaw-like int16 label map (default 600 x 600 x 416 voxels at 0.25 mm, the size of the paper's CBCTs: upper
 skull with sinuses, mandible with rami, 28 teeth, both canals) in each requested format, then, for each format and
@@ -230,8 +231,11 @@ def main() -> int:
         start = time.perf_counter()
         labels = synthetic_jaw(tuple(args.shape), args.spacing)
         counts = np.bincount(labels.ravel(), minlength=6)
-        print(f"synthetic map {tuple(args.shape)} at {args.spacing} mm in {time.perf_counter() - start:.1f} s; "
-              f"voxels per label 0..5: {counts.tolist()}", file=sys.stderr)
+        print(
+            f"synthetic map {tuple(args.shape)} at {args.spacing} mm in {time.perf_counter() - start:.1f} s; "
+            f"voxels per label 0..5: {counts.tolist()}",
+            file=sys.stderr,
+        )
         rows = []
         for suffix in args.formats:
             path = folder / f"synthetic_jaw.{suffix}"
@@ -243,8 +247,10 @@ def main() -> int:
             results = []
             for run in range(args.runs):
                 results.append(run_once(path))
-                print(f"  run {run + 1}: {results[-1]['seconds']:.2f} s, "
-                      f"{results[-1]['peak_rss'] / 1024**3:.2f} GB", file=sys.stderr)
+                print(
+                    f"  run {run + 1}: {results[-1]['seconds']:.2f} s, " f"{results[-1]['peak_rss'] / 1024**3:.2f} GB",
+                    file=sys.stderr,
+                )
             rows.append({"format": suffix, "megabytes": megabytes, "results": results})
     finally:
         if not args.keep:
@@ -252,8 +258,10 @@ def main() -> int:
                 path.unlink()
             if args.workdir is None:
                 folder.rmdir()
-    print(f"CPU threads: torch default on {os.cpu_count()} cores; targets: < {TARGET_SECONDS:g} s, "
-          f"< {TARGET_GIB:g} GB peak RSS per volume")
+    print(
+        f"CPU threads: torch default on {os.cpu_count()} cores; targets: < {TARGET_SECONDS:g} s, "
+        f"< {TARGET_GIB:g} GB peak RSS per volume"
+    )
     print(table(rows, args.runs))
     return 0
 

@@ -2,8 +2,8 @@
 
 Input: the folder of ``<split>_<rater>_<case>_Mandible.nrrd`` masks described in its README (radiotherapy CT,
 LPS, about 1 x 1 x 2.5 mm). Output (``jaw_phantoms/data/mandibles`` by default): one ``<case>.nii.gz`` per scan, a
-uint8 occupancy (17 levels 0..255; 128 is the surface) at 1 mm in RAS, cropped to the bone with a margin, and ``bank.json``
-with the split, provenance and checksums. What is done to each contour:
+uint8 occupancy (17 levels 0..255; 128 is the surface) at 1 mm in RAS, cropped to the bone with a margin, and
+``bank.json`` with the split, provenance and checksums. What is done to each contour:
 
 - only the arbitrated ``oncologist`` contour of each scan is used (the ``radiographer`` one is a near-duplicate);
 - the mask is blurred (Gaussian, sigma 1 mm across slices, 0.5 mm in-plane) before linear resampling to 1 mm, so that
@@ -151,8 +151,8 @@ def build(source: Path, output: Path, held_out_fraction: float, seed: int) -> di
         "licence": "CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/)",
         "changes": (
             "oncologist contour only; blurred (sigma 0.5 mm in-plane, 1 mm across slices) and linearly resampled to "
-            "1 mm; reoriented LPS -> RAS; cropped to the bone with a 4 mm margin; stored as 8-bit occupancy in 17 levels; shapes "
-            "that are not a whole jaw left out (see 'excluded')"
+            "1 mm; reoriented LPS -> RAS; cropped to the bone with a 4 mm margin; stored as 8-bit occupancy in 17 "
+            "levels; shapes that are not a whole jaw left out (see 'excluded')"
         ),
         "split_seed": seed,
         "shapes": shapes,

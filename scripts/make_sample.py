@@ -42,16 +42,19 @@ def main() -> int:
     args.output_dir.mkdir(parents=True, exist_ok=True)
 
     def phantom(spacing: float, with_cbct: bool):
-        return make_phantom(SAMPLE_SEED, spacing, "onj", options=SAMPLE_ANATOMY, lesion_volume_ml=SAMPLE_LESION_ML,
-                            with_cbct=with_cbct)
+        return make_phantom(
+            SAMPLE_SEED, spacing, "onj", options=SAMPLE_ANATOMY, lesion_volume_ml=SAMPLE_LESION_ML, with_cbct=with_cbct
+        )
 
     labels, scan = phantom(1.0, with_cbct=False), phantom(2.0, with_cbct=True)
     cbct = np.clip(np.rint(scan.cbct), -32768, 32767).astype(np.int16)
     write_nifti(labels.labels, labels.affine, args.output_dir / FILES[0])
     write_nifti(cbct, scan.affine, args.output_dir / FILES[1])
     write_nifti(labels.truth, labels.affine, args.output_dir / FILES[2])
-    print(f"{args.output_dir}: sample seed {SAMPLE_SEED}, labels {labels.labels.shape} at 1 mm, lesion "
-          f"{int(labels.truth.sum())} voxels ({labels.truth.sum() / 1000:.2f} cm^3), shape {labels.subject.shape.case}")
+    print(
+        f"{args.output_dir}: sample seed {SAMPLE_SEED}, labels {labels.labels.shape} at 1 mm, lesion "
+        f"{int(labels.truth.sum())} voxels ({labels.truth.sum() / 1000:.2f} cm^3), shape {labels.subject.shape.case}"
+    )
     return 0
 
 

@@ -34,8 +34,18 @@ from bundle.weights import sha256_of  # noqa: E402
 BUNDLE_ID = "jaw_onj_masked_vqgan"
 SCHEMA = ROOT / "tests" / "resources" / "meta_schema_20240725.json"
 # what a recipient needs: runtime, training, data generation, documentation; tests and run outputs stay home
-INCLUDED = ("LICENSE", "README.md", "requirements.txt", "large_files.yml", "configs", "bundle", "jaw_phantoms",
-            "scripts", "docs", "models")
+INCLUDED = (
+    "LICENSE",
+    "README.md",
+    "requirements.txt",
+    "large_files.yml",
+    "configs",
+    "bundle",
+    "jaw_phantoms",
+    "scripts",
+    "docs",
+    "models",
+)
 SKIPPED_PARTS = {"__pycache__", ".pytest_cache"}
 
 
@@ -96,16 +106,55 @@ def check_zip(archive_path: Path, weights_root: Path = ROOT) -> None:
                     raise ValueError(f"{source}: missing or not the file large_files.yml records ({entry['hash_val']})")
                 shutil.copy2(source, bundle_root / entry["path"])
             python = sys.executable
-            _run([python, "-m", "monai.bundle", "verify_metadata", "--meta_file", "configs/metadata.json",
-                  "--filepath", str(SCHEMA)], bundle_root, "verify_metadata")
-            _run([python, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file",
-                  "configs/metadata.json", "--config_file", "configs/inference.json", "--device", "cpu"],
-                 bundle_root, "verify_net_in_out")
+            _run(
+                [
+                    python,
+                    "-m",
+                    "monai.bundle",
+                    "verify_metadata",
+                    "--meta_file",
+                    "configs/metadata.json",
+                    "--filepath",
+                    str(SCHEMA),
+                ],
+                bundle_root,
+                "verify_metadata",
+            )
+            _run(
+                [
+                    python,
+                    "-m",
+                    "monai.bundle",
+                    "verify_net_in_out",
+                    "network_def",
+                    "--meta_file",
+                    "configs/metadata.json",
+                    "--config_file",
+                    "configs/inference.json",
+                    "--device",
+                    "cpu",
+                ],
+                bundle_root,
+                "verify_net_in_out",
+            )
             elsewhere = Path(scratch) / "elsewhere"
             elsewhere.mkdir()
-            _run([python, "-m", "monai.bundle", "run", "--config_file", str(bundle_root / "configs" / "inference.json"),
-                  "--bundle_root", str(bundle_root), "--output_dir", str(elsewhere / "out")], elsewhere,
-                 "inference on the embedded sample")
+            _run(
+                [
+                    python,
+                    "-m",
+                    "monai.bundle",
+                    "run",
+                    "--config_file",
+                    str(bundle_root / "configs" / "inference.json"),
+                    "--bundle_root",
+                    str(bundle_root),
+                    "--output_dir",
+                    str(elsewhere / "out"),
+                ],
+                elsewhere,
+                "inference on the embedded sample",
+            )
             if not list((elsewhere / "out").glob("*/wound_segmentation.nii.gz")):
                 raise ValueError(f"{archive_path}: inference on the embedded sample wrote no wound segmentation")
 

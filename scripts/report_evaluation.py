@@ -53,21 +53,39 @@ def acceptance_rows(metrics: dict) -> list[tuple[str, str, str]]:
     volume = metrics["lesion_volume_ml"]
     return [
         ("subjects: healthy / lesion", f"{normals} / {metrics['num_lesion_cases']}", ""),
-        ("lesion volume, cm^3: min / mean / max",
-         f"{volume['min']:.2f} / {volume['mean']:.2f} / {volume['max']:.2f}", ""),
-        ("two-reconstruction score: lowest lesion / highest healthy",
-         f"{two['lesion']['min']:g} / {two['normal']['max']:g}", _met(two["every_lesion_above_every_normal"])),
+        (
+            "lesion volume, cm^3: min / mean / max",
+            f"{volume['min']:.2f} / {volume['mean']:.2f} / {volume['max']:.2f}",
+            "",
+        ),
+        (
+            "two-reconstruction score: lowest lesion / highest healthy",
+            f"{two['lesion']['min']:g} / {two['normal']['max']:g}",
+            _met(two["every_lesion_above_every_normal"]),
+        ),
         ("AUROC, two-reconstruction score", f"{two['auroc']:.3f}", ""),
         ("AUROC, original-vs-reconstruction score", f"{other['auroc']:.3f}", ""),
-        ("Dice of the wound segmentation: mean (min, max)",
-         f"{dice['mean']:.3f} ({dice['min']:.3f}, {dice['max']:.3f})", _met(dice["mean"] >= MEAN_DICE_TARGET)),
-        (f"lesions >= {found['min_volume_ml']:g} cm^3 with Dice > {found['dice_above']:g}",
-         f"{found['found']} of {found['n']}", _met(found["found"] == found["n"])),
-        ("healthy subjects with any wound region", f"{with_region} of {normals}",
-         _met(with_region <= HEALTHY_WITH_REGION_SHARE * normals)),
-        ("false-positive wound voxels per healthy subject (2 mm): mean (max)",
-         f"{metrics['false_positive_voxels_in_normals']['mean']:.1f} "
-         f"({metrics['false_positive_voxels_in_normals']['max']:g})", ""),
+        (
+            "Dice of the wound segmentation: mean (min, max)",
+            f"{dice['mean']:.3f} ({dice['min']:.3f}, {dice['max']:.3f})",
+            _met(dice["mean"] >= MEAN_DICE_TARGET),
+        ),
+        (
+            f"lesions >= {found['min_volume_ml']:g} cm^3 with Dice > {found['dice_above']:g}",
+            f"{found['found']} of {found['n']}",
+            _met(found["found"] == found["n"]),
+        ),
+        (
+            "healthy subjects with any wound region",
+            f"{with_region} of {normals}",
+            _met(with_region <= HEALTHY_WITH_REGION_SHARE * normals),
+        ),
+        (
+            "false-positive wound voxels per healthy subject (2 mm): mean (max)",
+            f"{metrics['false_positive_voxels_in_normals']['mean']:.1f} "
+            f"({metrics['false_positive_voxels_in_normals']['max']:g})",
+            "",
+        ),
     ] + [
         (f"Dice, {kind}: mean (min) over {entry['n']}", f"{entry['mean']:.3f} ({entry['min']:.3f})", "")
         for kind, entry in metrics["dice_by_lesion_kind"].items()
@@ -81,14 +99,19 @@ def eval_metrics(runs: dict[str, dict]) -> dict[str, float]:
     for label, metrics in runs.items():
         prefix = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
         found = metrics["lesions_found"]
-        figures.update({
-            f"{prefix}_subject_auroc_two_reconstructions": round(metrics["score_two_reconstructions"]["auroc"], 4),
-            f"{prefix}_mean_dice": round(metrics["dice"]["mean"], 4),
-            f"{prefix}_min_dice": round(metrics["dice"]["min"], 4),
-            f"{prefix}_share_of_lesions_from_1ml_found": round(found["found"] / found["n"], 4) if found["n"] else None,
-            f"{prefix}_share_of_healthy_with_a_region": round(
-                metrics["normals_with_any_region"] / metrics["num_normal_cases"], 4),
-        })
+        figures.update(
+            {
+                f"{prefix}_subject_auroc_two_reconstructions": round(metrics["score_two_reconstructions"]["auroc"], 4),
+                f"{prefix}_mean_dice": round(metrics["dice"]["mean"], 4),
+                f"{prefix}_min_dice": round(metrics["dice"]["min"], 4),
+                f"{prefix}_share_of_lesions_from_1ml_found": (
+                    round(found["found"] / found["n"], 4) if found["n"] else None
+                ),
+                f"{prefix}_share_of_healthy_with_a_region": round(
+                    metrics["normals_with_any_region"] / metrics["num_normal_cases"], 4
+                ),
+            }
+        )
     return figures
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -176,14 +175,27 @@ def main(argv: list[str] | None = None) -> int:
     args.add_argument("--checkpoint", default="models/model.pt")
     args.add_argument("--overlaps", type=float, nargs="*", default=[0.0, 0.25, 0.5])
     args.add_argument("--blend_modes", nargs="*", default=["constant", "gaussian"])
-    args.add_argument("--grid", nargs="*", default=[], help="name=[v1,v2] post-processing values to try "
-                      "(replaces that parameter's default list)")
-    args.add_argument("--dice_tolerance", type=float, default=0.005,
-                      help="mean-Dice margin within which fewer false positives win (default 0.005)")
+    args.add_argument(
+        "--grid",
+        nargs="*",
+        default=[],
+        help="name=[v1,v2] post-processing values to try " "(replaces that parameter's default list)",
+    )
+    args.add_argument(
+        "--dice_tolerance",
+        type=float,
+        default=0.005,
+        help="mean-Dice margin within which fewer false positives win (default 0.005)",
+    )
     args.add_argument("--score_thresholds", type=float, nargs="*", default=DEFAULT_SCORE_THRESHOLDS)
     args.add_argument("--score_erosions", type=int, nargs="*", default=DEFAULT_SCORE_EROSIONS)
-    args.add_argument("--override", nargs="*", default=[], help="name=JSON config values to set first, as "
-                      "`monai.bundle run --name value` would (e.g. a generator_def matching --checkpoint)")
+    args.add_argument(
+        "--override",
+        nargs="*",
+        default=[],
+        help="name=JSON config values to set first, as "
+        "`monai.bundle run --name value` would (e.g. a generator_def matching --checkpoint)",
+    )
     args.add_argument("--json", type=Path, help="write all results here")
     args.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     opts = args.parse_args(argv)
@@ -199,8 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = ConfigParser()
     parser.read_config([str(ROOT / "configs" / "inference.json"), str(ROOT / "configs" / "evaluate.json")])
     parser["bundle_root"] = str(ROOT)
-    parser.update({"datalist": str(Path(opts.datalist).resolve()), "datalist_key": opts.datalist_key,
-                   "checkpoint": opts.checkpoint})
+    parser.update(
+        {
+            "datalist": str(Path(opts.datalist).resolve()),
+            "datalist_key": opts.datalist_key,
+            "checkpoint": opts.checkpoint,
+        }
+    )
     for name, value in parse_overrides(opts.override).items():
         parser[name] = value
     unknown = sorted(set(grid) - set(parser.get()))

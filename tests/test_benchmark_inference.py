@@ -11,8 +11,14 @@ from benchmark_inference import markdown_table  # noqa: E402
 
 def test_table_lists_every_stage_and_the_speedups():
     result = {
-        "median_seconds": {"load_preprocess": 0.05, "reconstructions": 1.5, "postprocess": 0.25, "invert_write": 0.2,
-                           "total": 2.0, "naive_reconstructions": 4.5},
+        "median_seconds": {
+            "load_preprocess": 0.05,
+            "reconstructions": 1.5,
+            "postprocess": 0.25,
+            "invert_write": 0.2,
+            "total": 2.0,
+            "naive_reconstructions": 4.5,
+        },
         "naive_pipeline_seconds": 5.0,
         "speedup_reconstructions": 3.0,
         "speedup_pipeline": 2.5,

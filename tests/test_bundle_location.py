@@ -59,7 +59,11 @@ def test_no_config_value_depends_on_the_working_directory():
 def _bundle_run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", *command, "--bundle_root", str(ROOT)],
-        cwd=cwd, env=SINGLE_THREAD_ENV, capture_output=True, text=True, timeout=600,
+        cwd=cwd,
+        env=SINGLE_THREAD_ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result

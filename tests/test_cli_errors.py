@@ -17,8 +17,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(*arguments: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "bundle", "run", "--config_file", "configs/inference.json",
-               "--generator_def", json.dumps(INFERENCE_GENERATOR), *arguments]
+    command = [
+        sys.executable,
+        "-m",
+        "bundle",
+        "run",
+        "--config_file",
+        "configs/inference.json",
+        "--generator_def",
+        json.dumps(INFERENCE_GENERATOR),
+        *arguments,
+    ]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 

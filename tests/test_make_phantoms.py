@@ -22,7 +22,6 @@ import benchmark_phantoms  # noqa: E402
 
 from jaw_phantoms import writing as make_phantoms  # noqa: E402
 
-
 # tiny sets: coarse native spacing keeps each subject well under a second
 TINY = dict(train_subjects=1, val_subjects=1, test_subjects=2, lesion_fraction=1.0, spacing=1.6, seed=2)
 

@@ -26,7 +26,11 @@ METADATA = json.loads((ROOT / "configs" / "metadata.json").read_text())
 def _monai_bundle(*arguments: str) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", *arguments],
-        cwd=ROOT, env=SINGLE_THREAD_ENV, capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        env=SINGLE_THREAD_ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -40,8 +44,16 @@ def _inference_parser() -> ConfigParser:
 
 
 def test_verify_net_in_out_passes_for_network_def():
-    result = _monai_bundle("verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json",
-                           "--config_file", "configs/inference.json", "--device", "cpu")
+    result = _monai_bundle(
+        "verify_net_in_out",
+        "network_def",
+        "--meta_file",
+        "configs/metadata.json",
+        "--config_file",
+        "configs/inference.json",
+        "--device",
+        "cpu",
+    )
     assert "data shape of network is verified with no error" in result.stdout + result.stderr
 
 
@@ -58,8 +70,18 @@ def test_generator_data_format_describes_generator_def():
 
 def test_ckpt_export_scripts_a_module_that_matches_eager_on_another_input_size(tmp_path):
     exported = tmp_path / "model.ts"
-    _monai_bundle("ckpt_export", "network_def", "--filepath", str(exported), "--ckpt_file", "models/model.pt",
-                  "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json")
+    _monai_bundle(
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        str(exported),
+        "--ckpt_file",
+        "models/model.pt",
+        "--meta_file",
+        "configs/metadata.json",
+        "--config_file",
+        "configs/inference.json",
+    )
     extra = {"metadata.json": "", "inference.json": ""}
     scripted = torch.jit.load(str(exported), map_location="cpu", _extra_files=extra)
     assert json.loads(extra["metadata.json"])["version"] == METADATA["version"]

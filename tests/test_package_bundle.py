@@ -25,7 +25,10 @@ def test_large_files_yml_records_the_shipped_weights_as_monai_reads_it():
     # with the file present and its hash right, MONAI's downloader verifies it and fetches nothing (CI is offline)
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "download_large_files", "--bundle_path", str(ROOT)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
 
@@ -35,8 +38,9 @@ def test_packaging_weights_rewrites_their_hash_and_keeps_the_comments(tmp_path):
     weights.parent.mkdir()
     weights.write_bytes(b"weights")
     listing = tmp_path / "large_files.yml"
-    listing.write_text(f"# kept\nlarge_files:\n- path: models/model.pt\n  url: u\n  hash_val: {'c' * 64}\n"
-                       "  hash_type: sha256\n")
+    listing.write_text(
+        f"# kept\nlarge_files:\n- path: models/model.pt\n  url: u\n  hash_val: {'c' * 64}\n" "  hash_type: sha256\n"
+    )
     assert record_in_large_files(weights, "a" * 64, listing)
     assert listing.read_text().startswith("# kept\n")
     assert yaml.safe_load(listing.read_text())["large_files"][0]["hash_val"] == "a" * 64
@@ -51,8 +55,16 @@ def test_package_bundle_builds_a_checked_zip_without_the_weights_and_refuses_to_
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "checked" in result.stdout
     names = set(zipfile.ZipFile(output).namelist())
-    for required in ("configs/inference.json", "configs/metadata.json", "bundle/__init__.py", "docs/README.md",
-                     "docs/data_license.txt", "LICENSE", "large_files.yml", "models/model.pt.sha256"):
+    for required in (
+        "configs/inference.json",
+        "configs/metadata.json",
+        "bundle/__init__.py",
+        "docs/README.md",
+        "docs/data_license.txt",
+        "LICENSE",
+        "large_files.yml",
+        "models/model.pt.sha256",
+    ):
         assert f"{BUNDLE_ID}/{required}" in names, required
     assert f"{BUNDLE_ID}/models/model.pt" not in names
     assert not any("__pycache__" in name or name.startswith(f"{BUNDLE_ID}/tests/") for name in names)

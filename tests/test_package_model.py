@@ -19,8 +19,18 @@ def _package(tmp_path: Path, stage1: dict, stage2: dict, *extra: str) -> subproc
     config.write_text(json.dumps({"generator_def": {"_target_": "bundle.networks.VQGANGenerator", **TINY}}))
     torch.save({"generator": stage1}, tmp_path / "stage1.pt")
     torch.save({"generator": stage2}, tmp_path / "stage2.pt")
-    command = [sys.executable, "scripts/package_model.py", "--stage1", str(tmp_path / "stage1.pt"), "--stage2",
-               str(tmp_path / "stage2.pt"), "--output", str(tmp_path / "model.pt"), "--config_file", str(config)]
+    command = [
+        sys.executable,
+        "scripts/package_model.py",
+        "--stage1",
+        str(tmp_path / "stage1.pt"),
+        "--stage2",
+        str(tmp_path / "stage2.pt"),
+        "--output",
+        str(tmp_path / "model.pt"),
+        "--config_file",
+        str(config),
+    ]
     return subprocess.run(command + list(extra), cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 

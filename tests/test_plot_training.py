@@ -12,8 +12,15 @@ import plot_training  # noqa: E402
 
 def test_plots_a_run_and_refuses_to_overwrite(tiny_training_overlay, tmp_path, capsys):
     overlay = tiny_training_overlay(tmp_path)
-    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
-               f"['configs/train.json','{overlay}']"]
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        f"['configs/train.json','{overlay}']",
+    ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "runs" / "stage1"

@@ -40,9 +40,18 @@ def test_verdicts_follow_the_targets(tmp_path):
 
 
 def test_run_without_json_is_refused(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "report_evaluation.py"), "--run",
-                             f"x={tmp_path / 'missing.json'}", "--markdown", str(tmp_path / "t.md")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "report_evaluation.py"),
+            "--run",
+            f"x={tmp_path / 'missing.json'}",
+            "--markdown",
+            str(tmp_path / "t.md"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode != 0 and "--json" in result.stderr
     assert not (tmp_path / "t.md").exists()
 
@@ -50,8 +59,19 @@ def test_run_without_json_is_refused(tmp_path):
 @pytest.mark.skipif(not (ROOT / "docs" / "acceptance.json").exists(), reason="no committed acceptance run")
 def test_committed_table_is_generated_from_the_committed_json(tmp_path):
     output = tmp_path / "acceptance.md"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "report_evaluation.py"), "--from_json",
-                    "docs/acceptance.json", "--markdown", str(output)], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "report_evaluation.py"),
+            "--from_json",
+            "docs/acceptance.json",
+            "--markdown",
+            str(output),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     generated, committed = output.read_text().splitlines(), (ROOT / "docs" / "acceptance.md").read_text().splitlines()
     assert generated[1:] == committed[1:]  # line 0 names the output file
 

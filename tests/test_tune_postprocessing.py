@@ -20,19 +20,49 @@ def tuning_set(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tune") / "data"
     return Path(
         make_phantom_set(
-            folder, train_subjects=0, val_subjects=0, test_subjects=2, lesion_fraction=0.5, spacing=2.0, seed=11,
-            preview=False, log=lambda *_: None,
+            folder,
+            train_subjects=0,
+            val_subjects=0,
+            test_subjects=2,
+            lesion_fraction=0.5,
+            spacing=2.0,
+            seed=11,
+            preview=False,
+            log=lambda *_: None,
         )
     )
 
 
 def test_sweeps_inferer_postprocessing_and_score(tuning_set, tiny_weights, tmp_path):
     output = tmp_path / "tuning.json"
-    argv = [str(tuning_set), "--checkpoint", str(tiny_weights), "--override",
-            f"generator_def={json.dumps(INFERENCE_GENERATOR)}", "--overlaps", "0", "0.25", "--blend_modes", "constant",
-            "--grid", "segmentation_threshold=[0.0, 2.0]", "anomaly_erosion_radius=[0]", "anomaly_dilation_radius=[0]",
-            "grow_steps=[0]", "grow_tissue_threshold=[0.55]", "search_region_mm=[null, 10]", "--score_thresholds",
-            "0.0", "2.0", "--score_erosions", "0", "--dice_tolerance", "0", "--json", str(output)]
+    argv = [
+        str(tuning_set),
+        "--checkpoint",
+        str(tiny_weights),
+        "--override",
+        f"generator_def={json.dumps(INFERENCE_GENERATOR)}",
+        "--overlaps",
+        "0",
+        "0.25",
+        "--blend_modes",
+        "constant",
+        "--grid",
+        "segmentation_threshold=[0.0, 2.0]",
+        "anomaly_erosion_radius=[0]",
+        "anomaly_dilation_radius=[0]",
+        "grow_steps=[0]",
+        "grow_tissue_threshold=[0.55]",
+        "search_region_mm=[null, 10]",
+        "--score_thresholds",
+        "0.0",
+        "2.0",
+        "--score_erosions",
+        "0",
+        "--dice_tolerance",
+        "0",
+        "--json",
+        str(output),
+    ]
     assert tune_postprocessing.main(argv) == 0
     results = json.loads(output.read_text())
     assert [(r["overlap"], r["mode"]) for r in results["inferer"]] == [(0.0, "constant"), (0.25, "constant")]

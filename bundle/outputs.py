@@ -1,5 +1,6 @@
 """Per-case inference outputs, written atomically: anomaly map and wound segmentation (NIfTI, in the input's own
-grid), one STL per wound region, a JSON report and an overview figure.
+grid), the wound segmentation again as a 3D Slicer segmentation file, one STL per wound region, a JSON report and an
+overview figure.
 
 MONAI's ``SaveImaged`` writes one image straight to its final name; a case here is a set of files that belong
 together, so they are written into a hidden temporary folder and renamed into place only when all are complete:
@@ -24,6 +25,7 @@ from monai.utils import convert_to_numpy
 from scipy import ndimage
 
 from bundle.scoring import subject_score
+from bundle.slicer_segmentation import write_slicer_segmentation
 from bundle.stl import write_region_stls
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
@@ -102,6 +104,9 @@ class WriteCaseOutputsd(MapTransform):
     :class:`bundle.search_region.JawSearchRegiond`, on the 2 mm grid) both subject scores count only the voxels inside
     it; the saved anomaly map and the figure show the whole, unmasked map. The report is also stored in the data under
     ``"report"`` for handlers (e.g. :class:`bundle.evaluation.AnomalyEvaluationHandler`).
+    ``stl_smoothing_iterations`` Taubin lambda|mu pairs smooth the STL meshes for printing
+    (:func:`bundle.stl.taubin_smooth`; 0: the marching-cubes surface); ``slicer_segmentation`` also writes
+    ``wound_segmentation.seg.nrrd`` (:mod:`bundle.slicer_segmentation`).
     """
 
     def __init__(
@@ -121,6 +126,8 @@ class WriteCaseOutputsd(MapTransform):
         model_version: str = "",
         model_sha256: str = "",
         figure: bool = True,
+        stl_smoothing_iterations: int = 10,
+        slicer_segmentation: bool = True,
         overwrite: bool = False,
     ):
         super().__init__(keys)
@@ -133,6 +140,7 @@ class WriteCaseOutputsd(MapTransform):
         self.thresholds = dict(thresholds or {})
         self.model_version, self.model_sha256 = model_version, model_sha256
         self.figure, self.overwrite = figure, overwrite
+        self.stl_smoothing_iterations, self.slicer_segmentation = stl_smoothing_iterations, slicer_segmentation
 
     def report(self, data: Mapping[Hashable, torch.Tensor], regions: list[dict]) -> dict:
         image = convert_to_numpy(data[self.image_key])[0]
@@ -169,7 +177,9 @@ class WriteCaseOutputsd(MapTransform):
             for key in self.key_iterator(d):
                 _write_nifti(d[key], partial / f"{key}.nii.gz", np.dtype(np.float32))
             _write_nifti(wound, partial / "wound_segmentation.nii.gz", np.dtype(np.uint8))
-            write_region_stls(regions, affine, partial, prefix=name)
+            if self.slicer_segmentation:
+                write_slicer_segmentation(regions, affine, partial / "wound_segmentation.seg.nrrd")
+            write_region_stls(regions, affine, partial, prefix=name, smoothing_iterations=self.stl_smoothing_iterations)
             d["report"] = self.report(d, region_statistics(regions, affine))
             (partial / "report.json").write_text(json.dumps(d["report"], indent=4) + "\n")
             if self.figure:
@@ -189,4 +199,3 @@ class WriteCaseOutputsd(MapTransform):
             shutil.rmtree(partial, ignore_errors=True)
             raise
         return d
-

@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from monai.bundle import ConfigWorkflow
+from monai.transforms import LoadImage
 
 from jaw_phantoms.writing import make_phantom_set
 from tests.conftest import INFERENCE_GENERATOR
@@ -70,6 +71,8 @@ def test_inference_writes_every_output_in_the_input_grid(default_case, label_map
     regions = np.asarray(wound.dataobj)
     assert report["num_regions"] == len(np.unique(regions)) - 1 == len(list(case.glob("*.stl")))
     assert report["num_regions"] > 0
+    segmentation = LoadImage(reader="ITKReader", image_only=True)(str(case / "wound_segmentation.seg.nrrd"))
+    np.testing.assert_array_equal(np.asarray(segmentation), regions)  # the Slicer file holds the same regions
     voxel_mm3 = abs(np.linalg.det(source.affine[:3, :3]))
     for region in report["regions"]:
         assert region["volume_mm3"] == pytest.approx((regions == region["label"]).sum() * voxel_mm3, rel=1e-3)
@@ -85,8 +88,15 @@ def test_inference_writes_every_output_in_the_input_grid(default_case, label_map
 def test_search_region_off_is_one_override_away(default_case, tiny_weights, label_map, tmp_path):
     output = tmp_path / "out"
     result = run_inference(
-        "--input", str(label_map), "--checkpoint", str(tiny_weights), "--output_dir", str(output), *PERMISSIVE,
-        "--use_search_region", "false",  # lower case, as typed in a shell: read with str2bool
+        "--input",
+        str(label_map),
+        "--checkpoint",
+        str(tiny_weights),
+        "--output_dir",
+        str(output),
+        *PERMISSIVE,
+        "--use_search_region",
+        "false",  # lower case, as typed in a shell: read with str2bool
     )
     assert result.returncode == 0, result.stderr[-3000:]
     reports = [json.loads((case / "report.json").read_text()) for case in (default_case, output / "jaw_case")]
@@ -126,8 +136,9 @@ def test_infer_workflow_has_every_required_property(tiny_weights, label_map, tmp
         ("bad label map", lambda w, d: ["--input", str(_float_map(d))], "non-integer"),
     ],
 )
-def test_bad_input_fails_with_a_clear_error_and_writes_nothing(problem, make_overrides, message, tiny_weights,
-                                                               label_map, tmp_path):
+def test_bad_input_fails_with_a_clear_error_and_writes_nothing(
+    problem, make_overrides, message, tiny_weights, label_map, tmp_path
+):
     overrides = ["--input", str(label_map), "--checkpoint", str(tiny_weights), "--output_dir", str(tmp_path / "out")]
     overrides += make_overrides(tiny_weights, tmp_path)
     result = run_inference(*overrides)
@@ -161,12 +172,32 @@ def _float_map(folder: Path) -> Path:
 @pytest.mark.slow
 def test_evaluation_overlay_scores_lesion_and_normal_cases(tiny_weights, tmp_path):
     datalist = make_phantom_set(
-        tmp_path / "eval_data", train_subjects=0, val_subjects=0, test_subjects=2, lesion_fraction=0.5,
-        spacing=2.0, seed=5, preview=False, log=lambda *_: None,
+        tmp_path / "eval_data",
+        train_subjects=0,
+        val_subjects=0,
+        test_subjects=2,
+        lesion_fraction=0.5,
+        spacing=2.0,
+        seed=5,
+        preview=False,
+        log=lambda *_: None,
     )
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
-               "['configs/inference.json','configs/evaluate.json']", "--generator_def", TINY_GENERATOR,
-               "--checkpoint", str(tiny_weights), "--datalist", str(datalist), "--output_dir", str(tmp_path / "eval")]
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "['configs/inference.json','configs/evaluate.json']",
+        "--generator_def",
+        TINY_GENERATOR,
+        "--checkpoint",
+        str(tiny_weights),
+        "--datalist",
+        str(datalist),
+        "--output_dir",
+        str(tmp_path / "eval"),
+    ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())

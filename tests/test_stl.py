@@ -11,7 +11,8 @@ import torch
 from monai.data import MetaTensor
 from stl import mesh as stl_mesh
 
-from bundle.stl import SaveRegionMeshesd, mesh_volume, region_mesh, write_region_stls, write_stl
+from bundle.outputs import WriteCaseOutputsd
+from bundle.stl import SaveRegionMeshesd, mesh_volume, region_mesh, taubin_smooth, write_region_stls, write_stl
 
 # anisotropic spacing (0.6, 0.9, 1.3 mm) with a rotation; FLIPPED mirrors the first axis (negative determinant)
 ROTATION = np.array([[np.cos(0.4), -np.sin(0.4), 0.0], [np.sin(0.4), np.cos(0.4), 0.0], [0.0, 0.0, 1.0]])
@@ -116,11 +117,42 @@ def test_region_on_the_volume_border_closes(tmp_path):
     assert mesh_volume(vertices, faces) == pytest.approx(3 * 6 * 2, rel=0.15)
 
 
-def test_smoothed_mesh_stays_closed_with_similar_volume():
-    region = sphere()
-    vertices, faces = region_mesh(region, FLIPPED, smoothing_sigma=0.8)
+def _irregular_region() -> np.ndarray:
+    """Three overlapping balls with a thin bridge: concave and convex parts, as wound regions are."""
+    shape = (26, 22, 18)
+    region = sphere(shape, (7.3, 8.1, 8.4), 5.0) | sphere(shape, (15.2, 11.6, 9.1), 4.2)
+    region |= sphere(shape, (19.0, 14.5, 8.0), 3.1)
+    region[9:14, 10:12, 8:10] = True
+    return region
+
+
+@pytest.mark.parametrize("region", [sphere(), _irregular_region()], ids=["sphere", "irregular"])
+def test_default_smoothing_keeps_the_mesh_closed_and_its_volume_within_5_percent(region):
+    iterations = WriteCaseOutputsd("anomaly_map", output_dir=".").stl_smoothing_iterations
+    assert iterations > 0  # the inference default smooths
+    raw_vertices, raw_faces = region_mesh(region, FLIPPED)
+    vertices, faces = region_mesh(region, FLIPPED, smoothing_iterations=iterations)
+    np.testing.assert_array_equal(faces, raw_faces)  # only vertices move
     assert_closed_and_consistently_wound(faces)
-    assert mesh_volume(vertices, faces) == pytest.approx(region.sum() * abs(np.linalg.det(FLIPPED[:3, :3])), rel=0.1)
+    assert mesh_volume(vertices, faces) > 0  # still outward wound after the mirroring affine
+    assert mesh_volume(vertices, faces) == pytest.approx(mesh_volume(raw_vertices, raw_faces), rel=0.05)
+
+
+def test_smoothing_removes_the_voxel_staircase_of_a_sphere():
+    centre, radius = np.array([8.6, 8.2, 7.9]), 6.0
+    spread = []
+    for iterations in (0, 10):
+        vertices, _ = region_mesh(sphere(centre=tuple(centre), radius=radius), np.eye(4), "LPS", iterations)
+        spread.append(np.std(np.linalg.norm(vertices - centre, axis=1)))
+    assert spread[1] < 0.6 * spread[0], spread
+
+
+def test_taubin_smoothing_rejects_parameters_that_would_not_preserve_volume():
+    vertices, faces = region_mesh(sphere(), np.eye(4))
+    with pytest.raises(ValueError, match="pass_band"):
+        taubin_smooth(vertices, faces, 5, shrink=0.5, pass_band=3.0)
+    with pytest.raises(ValueError, match="iterations"):
+        taubin_smooth(vertices, faces, -1)
 
 
 def test_one_file_per_region_and_overwrite_rules(tmp_path):

@@ -9,8 +9,10 @@ Each run is the ``metrics.json`` written by the evaluation overlay (``bundle.eva
         --json docs/acceptance.json --markdown docs/acceptance.md
 
 ``--metadata configs/metadata.json`` also replaces its ``eval_metrics`` with the headline figures of every run (keys
-prefixed by the run's label in snake case). ``--from_json docs/acceptance.json`` rewrites the Markdown from a JSON
-written before (no evaluation needed), so a test can check that the committed table is what the committed JSON gives.
+prefixed by the run's label in snake case); ``--model_card docs/README.md`` replaces the part of the model card between
+``<!-- performance:start -->`` and ``<!-- performance:end -->`` with the first run's table. ``--from_json
+docs/acceptance.json`` rewrites the Markdown from a JSON written before (no evaluation needed), so a test can check
+that the committed table is what the committed JSON gives.
 The targets are those of the real-anatomy issue: every lesion subject above every healthy one (two-reconstruction
 score), mean Dice >= 0.75, every lesion of at least 1 cm^3 found (Dice > 0.3), at most 1 in 10 healthy subjects with
 any wound region.
@@ -125,6 +127,24 @@ def render_markdown(runs: dict[str, dict], command: str) -> str:
     return "\n".join(lines)
 
 
+PERFORMANCE_START, PERFORMANCE_END = "<!-- performance:start -->", "<!-- performance:end -->"
+
+
+def performance_block(runs: dict[str, dict]) -> str:
+    """The first run's table, for the model card (the runs after it are variants, in acceptance.md)."""
+    label, metrics = next(iter(runs.items()))
+    lines = [PERFORMANCE_START, f"Held-out evaluation, {label}:", "", "| measure | value | target |", "|---|---|---|"]
+    lines += [f"| {measure} | {value} | {verdict} |" for measure, value, verdict in acceptance_rows(metrics)]
+    return "\n".join(lines + [PERFORMANCE_END])
+
+
+def replace_performance_block(card: str, runs: dict[str, dict]) -> str:
+    start, end = card.find(PERFORMANCE_START), card.find(PERFORMANCE_END)
+    if start < 0 or end < start:
+        raise ValueError(f"no '{PERFORMANCE_START}' ... '{PERFORMANCE_END}' block to replace")
+    return card[:start] + performance_block(runs) + card[end + len(PERFORMANCE_END) :]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -133,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the runs' metrics (cases included) here (needed with --run)")
     parser.add_argument("--markdown", type=Path, required=True, help="write the tables here")
     parser.add_argument("--metadata", type=Path, help="bundle metadata.json whose eval_metrics to replace")
+    parser.add_argument("--model_card", type=Path, help="model card whose performance block to replace")
     args = parser.parse_args(argv)
     if args.run and not args.json:
         parser.error("--run needs --json, the file the table is generated from")
@@ -147,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         source_json = args.from_json or args.json
         command = f"python scripts/report_evaluation.py --from_json {source_json} --markdown {args.markdown}"
         markdown = render_markdown(runs, command)
+        card = replace_performance_block(args.model_card.read_text(), runs) if args.model_card else None
+    except ValueError as error:
+        raise SystemExit(f"report_evaluation: error: {args.model_card}: {error}") from None
     except KeyError as error:
         raise SystemExit(f"report_evaluation: error: a run lacks {error} (metrics.json of an older bundle?)") from None
     if args.json:
@@ -156,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         metadata = json.loads(args.metadata.read_text())
         metadata["eval_metrics"] = eval_metrics(runs)
         args.metadata.write_text(json.dumps(metadata, indent=4) + "\n")
+    if card is not None:
+        args.model_card.write_text(card)
     print(markdown)
     return 0
 

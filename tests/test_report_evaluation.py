@@ -15,7 +15,12 @@ from tests.test_evaluation_summary import _case
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from report_evaluation import acceptance_rows, eval_metrics  # noqa: E402
+from report_evaluation import (  # noqa: E402
+    acceptance_rows,
+    eval_metrics,
+    performance_block,
+    replace_performance_block,
+)
 
 
 def _metrics(tmp_path, healthy_regions: int, weak_dice: float) -> dict:
@@ -81,3 +86,34 @@ def test_metadata_eval_metrics_are_generated_from_the_committed_json():
     runs = json.loads((ROOT / "docs" / "acceptance.json").read_text())
     metadata = json.loads((ROOT / "configs" / "metadata.json").read_text())
     assert metadata["eval_metrics"] == eval_metrics(runs)
+
+
+@pytest.mark.skipif(not (ROOT / "docs" / "acceptance.json").exists(), reason="no committed acceptance run")
+def test_model_card_performance_block_is_generated_from_the_committed_json():
+    runs = json.loads((ROOT / "docs" / "acceptance.json").read_text())
+    card = (ROOT / "docs" / "README.md").read_text()
+    assert performance_block(runs) in card
+    assert replace_performance_block(card, runs) == card
+
+
+@pytest.mark.skipif(not (ROOT / "docs" / "acceptance.json").exists(), reason="no committed acceptance run")
+def test_model_card_without_a_performance_block_is_refused(tmp_path):
+    card = tmp_path / "card.md"
+    card.write_text("# card\n")
+    json_path = ROOT / "docs" / "acceptance.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "report_evaluation.py"),
+            "--from_json",
+            str(json_path),
+            "--markdown",
+            str(tmp_path / "t.md"),
+            "--model_card",
+            str(card),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0 and "performance:start" in result.stderr
+    assert card.read_text() == "# card\n" and not (tmp_path / "t.md").exists()

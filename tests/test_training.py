@@ -148,7 +148,14 @@ def test_cpu_overlay_changes_no_architecture_and_only_known_ids():
 
 def test_stage1_cli_saves_checkpoints_and_logs(stage1):
     final = load(stage1 / "checkpoint_final.pt")
-    assert set(final) == {"generator", "discriminator", "generator_optimizer", "discriminator_optimizer", "trainer"}
+    assert set(final) == {
+        "generator",
+        "discriminator",
+        "generator_optimizer",
+        "discriminator_optimizer",
+        "trainer",
+        "random_states",
+    }
     assert final["trainer"]["iteration"] == 2 * ITERATIONS_PER_EPOCH
     assert {"generator", "discriminator"} <= set(load(stage1 / "model.pt"))  # best validation MSE
     assert (stage1 / "checkpoint_epoch=1.pt").is_file()
@@ -246,7 +253,7 @@ def test_resume_continues_at_saved_iteration_with_saved_optimizer(
 def test_vqvae_overlay_trains_without_discriminator(tmp_path, tiny_training_overlay):
     result = run_training([TRAIN, VQVAE, tiny_training_overlay(tmp_path)], "--run_dir", str(tmp_path / "vqvae"))
     final = load(tmp_path / "vqvae" / "stage1" / "checkpoint_final.pt")
-    assert set(final) == {"generator", "generator_optimizer", "trainer"}
+    assert set(final) == {"generator", "generator_optimizer", "trainer", "random_states"}
     assert final["trainer"]["iteration"] == 2 * ITERATIONS_PER_EPOCH
     scalars = tensorboard_scalars(tmp_path / "vqvae" / "stage1" / "tensorboard")
     assert all(value == 0 for tag in ("loss_d", "loss_adv", "adv_weight") for _, value in scalars[tag])

@@ -55,3 +55,10 @@ def test_metadata_versions_equal_the_pinned_and_installed_ones():
         assert version(name) == pin, name
     # every pinned package is recorded somewhere in the metadata
     assert set(pins) - {"torch", "monai", "numpy"} == {name.lower() for name in recorded}
+
+
+def test_versions_elsewhere_follow_the_metadata():
+    meta = json.loads((ROOT / "configs" / "metadata.json").read_text())
+    assert meta["version"] in meta["changelog"]
+    app = (ROOT / "scripts" / "deploy_app" / "app.yaml").read_text()
+    assert f"version: {meta['version']}" in app  # the MONAI Application Package carries the bundle's version

@@ -89,3 +89,9 @@ def test_one_training_iteration_from_another_directory_with_bundle_root(tmp_path
     final = tmp_path / "runs" / "stage1" / "checkpoint_final.pt"
     assert torch.load(final, map_location="cpu", weights_only=True)["trainer"]["iteration"] == 1
     assert list(elsewhere.iterdir()) == []
+
+
+def test_configs_are_pretty_printed_with_4_spaces():
+    for path in sorted(CONFIGS.glob("*.json")):
+        text = path.read_text()
+        assert text == json.dumps(json.loads(text), indent=4, ensure_ascii=False) + "\n", path.name

@@ -100,6 +100,20 @@ def _check_divisible(x: torch.Tensor, factor: int) -> None:
             )
 
 
+def _check_intensity(x: torch.Tensor) -> None:
+    """Raise ValueError unless ``x`` holds x' values: finite and within [0, 1] (a raw label map holds 0-5)."""
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("input holds NaN or infinite values; expected x' in [0, 1]")
+    low, high = float(x.min()), float(x.max())
+    if low < 0.0 or high > 1.0:
+        raise ValueError(
+            "input is not x' (values in [0, 1]): got {} to {}; a DentalSegmentator label map must first go through "
+            "the bundle's preprocessing (ValidateLabelsd, 2 mm, LabelToIntensityd: x' = (label + 5) / 10)".format(
+                low, high
+            )
+        )
+
+
 class VQGANGenerator(nn.Module):
     """3D VQ-GAN generator: residual/downsampling encoder, self-attention at the lowest level, codebook, decoder.
 
@@ -310,8 +324,13 @@ class AnomalyDetector(nn.Module):
         return detector
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (B, 1, X, Y, Z) -> (B, 1, X, Y, Z) anomaly map, or (B, 3, X, Y, Z) when output == "all"."""
+        """``x`` (B, 1, X, Y, Z) -> (B, 1, X, Y, Z) anomaly map, or (B, 3, X, Y, Z) when output == "all".
+
+        ``x`` must be x' (finite, in [0, 1]): a raw label map, or NaNs, raise ``ValueError`` here too, so that the
+        exported TorchScript refuses what the bundle's preprocessing would have refused or transformed.
+        """
         _check_divisible(x, self._downsample_factor)
+        _check_intensity(x)
         batch = x.shape[0]
         latents = torch.cat([self.encoder1(x), self.encoder2(x)], dim=0)
         z_q, _, _ = self.quantizer(latents)

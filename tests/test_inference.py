@@ -147,6 +147,8 @@ def test_bad_input_fails_with_a_clear_error_and_writes_nothing(
     output = Path(overrides[len(overrides) - 1 - overrides[::-1].index("--output_dir") + 1])
     written = [p for p in output.rglob("*") if p.is_file() and p.name != "mine.txt"] if output.exists() else []
     assert written == [], problem
+    if problem in ("missing weights", "checksum mismatch"):
+        assert not output.exists(), f"{problem}: the output folder was created before the weights were checked"
 
 
 def _corrupted_copy(weights: Path, folder: Path) -> Path:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from monai.bundle import ConfigParser
 
@@ -95,3 +96,8 @@ def test_ckpt_export_scripts_a_module_that_matches_eager_on_another_input_size(t
         expected, actual = eager(x), scripted(x)
     assert actual.shape == expected.shape == (1, 3, 40, 48, 56)
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+    # a raw label map (0..5) instead of x' is refused by the exported module too, with the reason
+    with pytest.raises(Exception, match="not x'.*LabelToIntensityd"):
+        scripted(torch.randint(0, 6, (1, 1, 48, 48, 48)).float())
+    with pytest.raises(Exception, match="NaN"):
+        scripted(torch.full((1, 1, 48, 48, 48), float("nan")))

@@ -14,6 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from monai.bundle import ConfigParser
 
 ROOT = Path(__file__).resolve().parents[1]
 MONAILABEL_PYTHON = Path(os.environ.get("MONAILABEL_PYTHON", ROOT / ".venv-monailabel" / "bin" / "python"))
@@ -30,12 +31,34 @@ shutil.move(label_file, sys.argv[3] + "/result.nii.gz")
 print(json.dumps({"labels": task.labels}))
 """
 
-pytestmark = pytest.mark.skipif(
+needs_monailabel = pytest.mark.skipif(
     not MONAILABEL_PYTHON.exists(),
     reason=f"no MONAI Label environment at {MONAILABEL_PYTHON} (bash scripts/monailabel_app/setup_env.sh)",
 )
 
 
+def test_configs_hold_every_id_monai_label_reads_or_overrides():
+    """BundleInferTask reads inference.json; BundleTrainTask (monailabel/tasks/train/bundle.py) overrides these ids
+    of train.json and runs its ``run``; an override of an id the config lacks would have no effect."""
+    inference, train = ConfigParser(), ConfigParser()
+    inference.read_config(str(ROOT / "configs" / "inference.json"))
+    train.read_config(str(ROOT / "configs" / "train.json"))
+    for key in ("bundle_root", "device", "network_def", "preprocessing", "postprocessing", "inferer"):
+        assert key in inference, key
+    for key in (
+        "bundle_root",
+        "device",
+        "network",
+        "train#dataset#data",
+        "validate#dataset#data",
+        "train#handlers",
+        "train#trainer#max_epochs",
+        "run",
+    ):
+        assert key in train, key
+
+
+@needs_monailabel
 def test_bundle_infer_task_returns_the_wound_mask_in_the_input_grid(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(

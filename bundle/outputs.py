@@ -113,7 +113,7 @@ class WriteCaseOutputsd(MapTransform):
         self,
         keys: KeysCollection,
         output_dir: str | os.PathLike,
-        wound_key: str = "wound_native",
+        wound_key: str = "pred",
         image_key: str = "image",
         anomaly_2mm_key: str = "anomaly",
         recon1_key: str = "recon1",

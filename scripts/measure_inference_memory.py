@@ -1,0 +1,83 @@
+"""Peak memory and time of one whole inference (``configs/inference.json``) on a full-size synthetic label map.
+
+Writes the synthetic DentalSegmentator-like map of scripts/benchmark_preprocessing.py (default 600 x 600 x 416 voxels
+at 0.25 mm, the paper's CBCT size) into a temporary folder, runs ``python -m monai.bundle run --config_file
+configs/inference.json`` on it in a child process (overview figure off) and reports the child's peak resident set
+size (``getrusage(RUSAGE_CHILDREN)``, so Python, torch and MONAI are included) and wall time, as a Markdown row.
+
+    python scripts/measure_inference_memory.py [--shape 600 600 416] [--spacing 0.25] [--markdown docs/memory.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from benchmark_preprocessing import synthetic_jaw, write_label_map  # noqa: E402
+
+
+def measure(shape: tuple[int, int, int], spacing: float) -> dict:
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "full.nii.gz"
+        write_label_map(synthetic_jaw(shape, spacing), spacing, path)
+        command = [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            str(ROOT / "configs" / "inference.json"),
+            "--bundle_root",
+            str(ROOT),
+            "--input",
+            str(path),
+            "--output_dir",
+            str(Path(scratch) / "out"),
+            "--write_figure",
+            "false",
+        ]
+        start = time.perf_counter()
+        result = subprocess.run(command, cwd=scratch, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        if result.returncode != 0:
+            raise RuntimeError(f"inference failed:\n{result.stderr[-3000:]}")
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {
+        "shape": list(shape),
+        "spacing_mm": spacing,
+        "voxels": shape[0] * shape[1] * shape[2],
+        "peak_rss_gb": round(peak_kb / 2**20, 2),
+        "seconds": round(seconds, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", type=int, nargs=3, default=[600, 600, 416])
+    parser.add_argument("--spacing", type=float, default=0.25)
+    parser.add_argument("--markdown", type=Path, help="append the result row to this Markdown table")
+    args = parser.parse_args(argv)
+    row = measure(tuple(args.shape), args.spacing)
+    print(json.dumps(row))
+    line = (
+        f"| {' x '.join(map(str, row['shape']))} | {row['spacing_mm']} | {row['voxels']:,} | "
+        f"{row['peak_rss_gb']} | {row['seconds']} |"
+    )
+    if args.markdown:
+        with open(args.markdown, "a") as stream:
+            stream.write(line + "\n")
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

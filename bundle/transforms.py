@@ -8,12 +8,13 @@ spacing, cropping, random cube masking) is MONAI's own and is composed in ``conf
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Mapping
 
 import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection, NdarrayOrTensor
-from monai.transforms import MapTransform, Transform
+from monai.transforms import LoadImaged, MapTransform, Transform
 from monai.utils import convert_to_tensor, look_up_option
 from monai.utils.type_conversion import convert_to_dst_type
 
@@ -41,6 +42,30 @@ def source_name(img: NdarrayOrTensor) -> str:
     """The file an image was loaded from, for error messages (MONAI keeps it in the MetaTensor's meta)."""
     meta = getattr(img, "meta", {})
     return str(meta.get("filename_or_obj", "<array>"))
+
+
+class LoadImageWithFileErrorsd(LoadImaged):
+    """MONAI's ``LoadImaged`` (same arguments) whose read failures name the file.
+
+    Gap filled: a reader's own error does not always say which file failed (a truncated ``.nii.gz`` ends in
+    ``EOFError: Compressed file ended before the end-of-stream marker was reached``); here such an error becomes
+    ``ValueError: <file>: cannot read the file (<original error>)``. Errors that already name the file pass unchanged.
+    """
+
+    def __call__(self, data, reader=None):
+        try:
+            return super().__call__(data, reader)
+        except Exception as error:
+            cause = error
+            while cause.__cause__ is not None or cause.__context__ is not None:
+                cause = cause.__cause__ or cause.__context__
+            files = [
+                str(data[key]) for key in self.key_iterator(dict(data)) if isinstance(data[key], (str, os.PathLike))
+            ]
+            if not files or any(file in str(cause) for file in files):
+                raise
+            # from None: this message is the one to report, the reader's error is quoted in it
+            raise ValueError(f"{', '.join(files)}: cannot read the file ({type(cause).__name__}: {cause})") from None
 
 
 class PerKeyd(MapTransform):
@@ -147,6 +172,47 @@ class ValidateLabelsd(PerKeyd):
     ):
         super().__init__(keys, allow_missing_keys)
         self.transform = ValidateLabels(remap_preset, spacing_range_mm)
+
+
+def _world_box(image: NdarrayOrTensor) -> torch.Tensor:
+    """(2, 3) min and max world corner (mm) of a channel-first image's voxel grid, from its affine."""
+    shape = torch.tensor(image.shape[1:], dtype=torch.float64)
+    corners = torch.cartesian_prod(*[torch.tensor([0.0, float(size) - 1.0]) for size in shape.tolist()])
+    affine = convert_to_tensor(image.affine, track_meta=False, dtype=torch.float64)
+    world = corners.to(torch.float64) @ affine[:3, :3].T + affine[:3, 3]
+    return torch.stack([world.min(dim=0).values, world.max(dim=0).values])
+
+
+class ValidateCBCTd(MapTransform):
+    """Refuse a raw CBCT that cannot serve the label map it comes with: NaN or infinite grey values, or a grid that
+    does not overlap the label map's in world space (a CBCT of another scan, or a wrong affine).
+
+    Gap filled: ``ResampleToMatchd`` resamples whatever it gets (border padding turns a CBCT that lies elsewhere into a
+    plausible-looking constant volume); the error names the CBCT file. Place it before ``ResampleToMatchd``.
+
+    Args:
+        keys: the CBCT key(s), channel-first MetaTensors with an affine.
+        reference_key: the label map's key (any grid: only its world extent is used).
+    """
+
+    def __init__(self, keys: KeysCollection, reference_key: str = "image", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.reference_key = reference_key
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            cbct, name = d[key], source_name(d[key])
+            if not torch.isfinite(convert_to_tensor(cbct, track_meta=False)).all():
+                raise ValueError(f"{name}: the CBCT holds NaN or infinite values")
+            mine, theirs = _world_box(cbct), _world_box(d[self.reference_key])
+            if (mine[0] > theirs[1]).any() or (theirs[0] > mine[1]).any():
+                raise ValueError(
+                    f"{name}: the CBCT does not overlap its label map in world space (CBCT "
+                    f"{mine[0].round().tolist()}-{mine[1].round().tolist()} mm, label map "
+                    f"{theirs[0].round().tolist()}-{theirs[1].round().tolist()} mm): another scan, or a wrong affine?"
+                )
+        return d
 
 
 class LabelToIntensity(Transform):

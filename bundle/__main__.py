@@ -16,17 +16,7 @@ from __future__ import annotations
 import runpy
 import sys
 
-
-def innermost(error: BaseException) -> BaseException:
-    """The last error of the ``__cause__`` / ``__context__`` chain: the one first raised (a context hidden by
-    ``raise ... from None`` is not followed, as Python's own traceback does not show it)."""
-    seen = {id(error)}
-    while True:
-        following = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
-        if following is None or id(following) in seen:
-            return error
-        seen.add(id(following))
-        error = following
+from bundle.errors import innermost
 
 
 def main() -> int:

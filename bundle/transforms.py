@@ -18,6 +18,8 @@ from monai.transforms import LoadImaged, MapTransform, Transform
 from monai.utils import convert_to_tensor, look_up_option
 from monai.utils.type_conversion import convert_to_dst_type
 
+from bundle.errors import innermost
+
 DENTALSEGMENTATOR_LABELS = {0: "other", 1: "upper skull", 2: "mandible", 3: "upper teeth", 4: "lower teeth", 5: "canal"}
 NUM_DENTALSEGMENTATOR_LABELS = len(DENTALSEGMENTATOR_LABELS)
 
@@ -56,9 +58,7 @@ class LoadImageWithFileErrorsd(LoadImaged):
         try:
             return super().__call__(data, reader)
         except Exception as error:
-            cause = error
-            while cause.__cause__ is not None or cause.__context__ is not None:
-                cause = cause.__cause__ or cause.__context__
+            cause = innermost(error)
             files = [
                 str(data[key]) for key in self.key_iterator(dict(data)) if isinstance(data[key], (str, os.PathLike))
             ]

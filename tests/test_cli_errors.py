@@ -10,7 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bundle.__main__ import innermost
+from bundle.errors import innermost
 from tests.conftest import INFERENCE_GENERATOR
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -54,7 +54,7 @@ from monai.deploy.operators.monai_bundle_inference_operator import (  # noqa: E4
 )
 from monai.transforms import LoadImage  # noqa: E402
 
-from bundle.__main__ import innermost  # noqa: E402
+from bundle.errors import innermost  # noqa: E402
 from bundle.weights import verify_checksum  # noqa: E402
 
 LABEL_MAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")

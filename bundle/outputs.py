@@ -89,7 +89,11 @@ def region_statistics(regions: np.ndarray, affine: np.ndarray) -> list[dict]:
 def _write_nifti(array: torch.Tensor, path: Path, dtype: np.dtype) -> None:
     writer = NibabelWriter(output_dtype=dtype)
     writer.set_data_array(convert_to_numpy(array).astype(dtype), channel_dim=0)
-    writer.set_metadata(dict(array.meta), resample=False)
+    # The array is already on its grid: set the affine itself instead of set_metadata(resample=False), whose identity
+    # resampling (MONAI 1.6.1) reads the channel-last 3D array as a 2D image with a channel and fails ("Affine ... is
+    # not invertible") when the affine's upper-left 2 x 2 block is singular: an input stored with permuted axes, such
+    # as voxel axes (x, z, y) (found by tests/test_properties.py).
+    writer.affine = convert_to_numpy(array.affine).astype(np.float64)
     writer.write(path)
 
 

@@ -20,6 +20,7 @@ from ignite.engine import Engine, Events
 from monai.utils import convert_to_numpy
 
 from bundle.metrics import average_precision, best_dice, subject_auroc
+from bundle.outputs import write_text_atomically
 
 
 def _finite(values: list[float]) -> list[float]:
@@ -137,4 +138,4 @@ class AnomalyEvaluationHandler:
 
     def write(self, engine: Engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / "metrics.json").write_text(json.dumps(self.summary(), indent=4) + "\n")
+        write_text_atomically(self.output_dir / "metrics.json", json.dumps(self.summary(), indent=4) + "\n")

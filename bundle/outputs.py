@@ -3,14 +3,26 @@ grid), the wound segmentation again as a 3D Slicer segmentation file, one STL pe
 overview figure.
 
 MONAI's ``SaveImaged`` writes one image straight to its final name; a case here is a set of files that belong
-together, so they are written into a hidden temporary folder and renamed into place only when all are complete:
-an interrupted run leaves no half-written case behind.
+together, so they are written into a hidden temporary folder, ``.<case>.<random>.partial``, and renamed into place
+only when all are complete: an interrupted run leaves no half-written case behind. A run killed while writing leaves
+that hidden folder; it is never read, its name never collides with another run's, and :func:`prepare_output_dir` does
+not count it as content. It is not removed automatically: a killed run's temporary folder looks like the one a
+concurrent run is writing into.
+
+Several runs may write into one output folder at once. A case that already exists (an earlier run's, or a concurrent
+run's of the same case) is replaced only with ``overwrite``: it is first renamed aside to a hidden
+``.<case>.<random>.replaced`` folder, the new case is renamed into place, and the old one is deleted. A case folder
+is therefore always one run's complete output, never a mix, and of two runs writing the same case at once the last
+to finish wins; without ``overwrite`` the first wins and the other fails with a ``ValueError``. A run killed between
+the two renames leaves the earlier output in its ``.replaced`` folder, which is not removed automatically either.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Hashable, Mapping
@@ -31,16 +43,103 @@ from bundle.stl import write_region_stls
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
+TEMPORARY_SUFFIXES = (".partial", ".replaced")
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether ``path`` is a hidden temporary of this module: ``.<case>.<random>.partial`` (a case folder being
+    written, or a file of :func:`write_text_atomically`) or ``.<case>.<random>.replaced`` (an earlier output of a
+    case, being deleted)."""
+    return path.name.startswith(".") and path.name.endswith(TEMPORARY_SUFFIXES)
+
+
+def _hidden_name(parent: Path, stem: str, suffix: str) -> Path:
+    return parent / f".{stem}.{secrets.token_hex(4)}{suffix}"
+
+
+def _make_partial_folder(parent: Path, case: str) -> Path:
+    """Create ``parent/.<case>.<random>.partial`` with the permissions of any new folder (``tempfile.mkdtemp`` makes
+    it 0700, and the case folder it becomes would be unreadable to everyone else)."""
+    while True:
+        folder = _hidden_name(parent, case, ".partial")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to a hidden ``.<name>.<random>.partial`` file beside ``path`` (with the permissions of any new
+    file), then rename it to ``path``: a reader, or a killed run, never sees a half-written file."""
+    path = Path(path)
+    while True:
+        temporary = _hidden_name(path.parent, path.name, ".partial")
+        try:
+            stream = open(temporary, "x")
+            break
+        except FileExistsError:
+            continue
+    try:
+        with stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _give_default_permissions(folder: Path) -> None:
+    """Give every file of ``folder`` the permissions of a new file (the STL and Slicer files are written through
+    ``tempfile.mkstemp``, which makes them 0600): the folder's own, created under the umask, without execute bits."""
+    mode = folder.stat().st_mode & 0o666
+    for path in folder.iterdir():
+        os.chmod(path, mode)
+
+
+def _publish(partial: Path, final: Path, overwrite: bool) -> None:
+    """Rename the complete case folder ``partial`` to ``final``, atomically.
+
+    An existing ``final`` (an earlier run's, or one a concurrent run renamed into place meanwhile) raises
+    ``ValueError`` without ``overwrite``; with it, it is renamed aside to a hidden ``.replaced`` folder, then deleted
+    once ``partial`` is in place (kept if that fails). ``final`` is never deleted file by file, so it never holds a
+    mix of two outputs; a reader may find it missing for the instant between the two renames.
+    """
+    replaced: list[Path] = []
+    while True:
+        try:
+            os.rename(partial, final)
+            break
+        except OSError as error:
+            if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            if not overwrite:
+                raise ValueError(
+                    f"{final}: case output exists (written meanwhile by another run?); pass --overwrite true to "
+                    "replace it"
+                ) from None
+        aside = _hidden_name(final.parent, final.name, ".replaced")
+        try:
+            os.rename(final, aside)
+            replaced.append(aside)
+        except FileNotFoundError:  # another run moved it aside first: try again
+            continue
+    for folder in replaced:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def prepare_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
     """Check, before any computation, that ``output_dir`` can take the results.
 
-    It is created when missing; an existing folder must be empty unless ``overwrite`` is set. Raises ``ValueError``
-    naming the folder otherwise, or when it is not writable.
+    It is created when missing; an existing folder must be empty unless ``overwrite`` is set (the hidden temporary
+    folders of this module, left by a killed run or being written by a concurrent one, do not count: see
+    :func:`is_temporary`). Raises ``ValueError`` naming the folder otherwise, or when it is not writable.
     """
     output = Path(output_dir)
     if output.exists() and not output.is_dir():
         raise ValueError(f"{output}: output path exists and is not a folder")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
+    if output.is_dir() and any(not is_temporary(entry) for entry in output.iterdir()) and not overwrite:
         raise ValueError(f"{output}: output folder is not empty; pass --overwrite true to replace its cases")
     try:
         output.mkdir(parents=True, exist_ok=True)
@@ -173,7 +272,7 @@ class WriteCaseOutputsd(MapTransform):
         final = self.output_dir / name
         if final.exists() and not self.overwrite:
             raise ValueError(f"{final}: case output exists; pass --overwrite true to replace it")
-        partial = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=self.output_dir))
+        partial = _make_partial_folder(self.output_dir, name)
         try:
             wound = d[self.wound_key]
             regions = convert_to_numpy(wound)[0].astype(np.int32)
@@ -196,9 +295,8 @@ class WriteCaseOutputsd(MapTransform):
                     convert_to_numpy(d[self.wound_2mm_key])[0],
                     title=name,
                 )
-            if final.exists():
-                shutil.rmtree(final)
-            partial.rename(final)
+            _give_default_permissions(partial)
+            _publish(partial, final, self.overwrite)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise

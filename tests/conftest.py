@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny phantom data set made once per session and a tiny-network training overlay.
+"""Shared fixtures: a tiny phantom data set made once per session, a tiny-network training overlay, and three
+inference cases with the outputs of one sequential inference run over them.
 
 The training overlay keeps every config of the bundle as it is and only shrinks what makes a run slow (network
 widths, crop size, epochs, worker processes), so that the tests go through the same configs as a real run.
@@ -6,9 +7,15 @@ widths, crop size, epochs, worker processes), so that the tests go through the s
 
 from __future__ import annotations
 
+import filecmp
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
@@ -94,3 +101,72 @@ def tiny_training_overlay(phantom_dataset):
         return path
 
     return write
+
+
+# One thread per process (tests run side by side on a shared machine); the thread count also changes float rounding,
+# so runs whose outputs are compared bit for bit must use the same count.
+SINGLE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# a low threshold and no tissue or size filter, so that random weights produce regions (and STL files) to export
+PERMISSIVE = ("--segmentation_threshold", "1e-6", "--max_tissue_fraction", "1.0", "--min_region_mm3", "0")
+CASES = ("jaw_a", "jaw_b", "jaw_c")
+
+
+def inference_command(weights: Path, output_dir: Path, *overrides: str) -> list[str]:
+    """``python -m monai.bundle run`` of configs/inference.json with the tiny generator, ``PERMISSIVE`` thresholds,
+    ``weights`` and ``output_dir``; ``overrides`` give the input (``--input`` or ``--datalist``) and anything else."""
+    return [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(ROOT / "configs" / "inference.json"),
+        "--bundle_root",
+        str(ROOT),
+        "--generator_def",
+        json.dumps(INFERENCE_GENERATOR),
+        "--checkpoint",
+        str(weights),
+        "--output_dir",
+        str(output_dir),
+        *PERMISSIVE,
+        *overrides,
+    ]
+
+
+@pytest.fixture(scope="session")
+def inference_cases(tmp_path_factory) -> Path:
+    """``datalist.json`` whose ``test`` list holds ``CASES``: a jaw-like label map at 0.6 x 0.6 x 0.8 mm with flipped
+    (LPS) axes and a tilt, shifted by 3 voxels from one case to the next so that each case has its own outputs."""
+    folder = tmp_path_factory.mktemp("inference_cases")
+    labels = np.zeros((110, 100, 70), np.int16)
+    labels[10:100, 10:90, 40:70] = 1
+    labels[20:90, 20:40, 5:30] = 2
+    labels[30:80, 22:30, 28:40] = 4
+    labels[30:80, 22:30, 40:50] = 3
+    labels[25:85, 28:31, 10:13] = 5
+    affine = np.array([[-0.6, 0.05, 0, 60], [0, -0.6, 0, 50], [0, 0, 0.8, -20], [0, 0, 0, 1]], float)
+    for shift, case in enumerate(CASES):
+        nib.save(nib.Nifti1Image(np.roll(labels, 3 * shift, axis=0), affine), folder / f"{case}.nii.gz")
+    datalist = folder / "datalist.json"
+    datalist.write_text(json.dumps({"test": [{"image": f"{case}.nii.gz"} for case in CASES]}, indent=4))
+    return datalist
+
+
+@pytest.fixture(scope="session")
+def reference_outputs(inference_cases, tiny_weights, tmp_path_factory) -> Path:
+    """Output folder of one inference run over ``inference_cases``, one case after the other."""
+    output = tmp_path_factory.mktemp("reference_inference") / "out"
+    command = inference_command(tiny_weights, output, "--datalist", str(inference_cases))
+    result = subprocess.run(command, env=SINGLE_THREAD_ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in output.iterdir()) == list(CASES)
+    return output
+
+
+def assert_same_case(actual: Path, expected: Path) -> None:
+    """``actual`` holds the same files as the case folder ``expected``, each byte for byte."""
+    names = sorted(p.name for p in expected.iterdir())
+    assert sorted(p.name for p in actual.iterdir()) == names, actual
+    _, mismatch, errors = filecmp.cmpfiles(expected, actual, names, shallow=False)
+    assert mismatch == errors == [], f"{actual}: {mismatch + errors} differ from {expected}"

@@ -45,7 +45,7 @@ class AnomalyEvaluationHandler:
     Reads, per decollated case, from the engine's batch: ``truth_key`` (lesion mask on the 2 mm grid, absent or
     empty for healthy subjects) and ``lesion_key`` (the datalist's lesion kind, ``"none"`` for healthy); from the
     engine's output: ``anomaly_key`` (the anomaly map), ``wound_key`` (the final region map) and ``report_key``
-    (the report written by :class:`bundle.outputs.WriteCaseOutputsd`, holding both subject scores), and, when the
+    (the report written by :class:`bundle.outputs.WriteCaseOutputsd`, holding the three subject scores), and, when the
     datalist gives it, ``lesion_volume_key`` (the lesion's volume in cm^3). The summary counts the lesions of at
     least ``found_min_volume_ml`` whose wound segmentation reaches a Dice above ``found_dice`` ("found"), and the
     normal subjects with any wound region.
@@ -89,6 +89,7 @@ class AnomalyEvaluationHandler:
                 "lesion": lesion,
                 "score_two_reconstructions": report["subject_score"]["two_reconstructions"],
                 "score_original_vs_reconstruction": report["subject_score"]["original_vs_reconstruction"],
+                "score_wound_volume": report["subject_score"]["wound_volume_mm3"],
                 "num_regions": report["num_regions"],
                 "false_positive_voxels": int((wound & ~truth).sum()),
             }
@@ -107,7 +108,7 @@ class AnomalyEvaluationHandler:
         lesion = [c for c in self.cases if c["lesion"] != "none"]
         normal = [c for c in self.cases if c["lesion"] == "none"]
         result: dict = {"num_lesion_cases": len(lesion), "num_normal_cases": len(normal)}
-        for score in ("score_two_reconstructions", "score_original_vs_reconstruction"):
+        for score in ("score_two_reconstructions", "score_original_vs_reconstruction", "score_wound_volume"):
             lesion_scores = [c[score] for c in lesion]
             normal_scores = [c[score] for c in normal]
             entry = {"lesion": _summary(lesion_scores), "normal": _summary(normal_scores)}

@@ -203,9 +203,12 @@ class WriteCaseOutputsd(MapTransform):
     ``Invertd``); ``image_key`` (x'), ``anomaly_2mm_key``, ``recon1_key``, ``recon2_key``, ``wound_2mm_key`` on the
     2 mm model grid (scores and the figure are computed there, where the thresholds are defined).
     ``thresholds`` are recorded in the report as given; ``score_threshold``/``score_erosion_iterations`` define the
-    subject score (:func:`bundle.scoring.subject_score`). With ``search_region_key`` (the anatomical search region of
-    :class:`bundle.search_region.JawSearchRegiond`, on the 2 mm grid) both subject scores count only the voxels inside
-    it; the saved anomaly map and the figure show the whole, unmasked map. The report is also stored in the data under
+    paper's subject scores (:func:`bundle.scoring.subject_score`) of the two-reconstruction and the
+    original-vs-reconstruction maps. With ``search_region_key`` (the anatomical search region of
+    :class:`bundle.search_region.JawSearchRegiond`, on the 2 mm grid) both count only the voxels inside it; the saved
+    anomaly map and the figure show the whole, unmasked map. A third subject score, ``wound_volume_mm3``, is the total
+    volume of the wound regions (0 when none survives the post-processing): the two-reconstruction map after the
+    whole post-processing rather than after one threshold and erosion. The report is also stored in the data under
     ``"report"`` for handlers (e.g. :class:`bundle.evaluation.AnomalyEvaluationHandler`).
     ``stl_smoothing_iterations`` Taubin lambda|mu pairs smooth the STL meshes for printing
     (:func:`bundle.stl.taubin_smooth`; 0: the marching-cubes surface); ``slicer_segmentation`` also writes
@@ -259,6 +262,7 @@ class WriteCaseOutputsd(MapTransform):
                 ),
                 "original_vs_reconstruction": subject_score(np.abs(recon2 - image), region=region, **score),
                 **score,
+                "wound_volume_mm3": round(sum(r["volume_mm3"] for r in regions), 3),
             },
             "num_regions": len(regions),
             "regions": regions,

@@ -259,7 +259,7 @@ class GrowRegions(Transform):
     predicts tissue, for at most ``steps`` one-voxel dilation steps: this fills the defect (Algorithm 1, ``grow``).
 
     Args:
-        tissue_threshold: a voxel may be added when the stage-2 reconstruction G2 is >= this value (0.35, chosen on
+        tissue_threshold: a voxel may be added when the stage-2 reconstruction G2 is >= this value (0.45, chosen on
             the tuning set with the shipped weights, docs/tuning.json; method.md's 0.55 lies halfway between
             background 0 and the lowest tissue intensity, upper skull x' = 0.6).
         steps: the most dilation steps (each adds a one-voxel shell); 0 leaves the regions as they are.
@@ -272,7 +272,7 @@ class GrowRegions(Transform):
     (empty = 0 in every channel); reconstruction (1, X, Y, Z) G2 in [0, 1]. Returns the grown label map.
     """
 
-    def __init__(self, tissue_threshold: float = 0.35, steps: int = 4, connectivity: int = 1) -> None:
+    def __init__(self, tissue_threshold: float = 0.45, steps: int = 4, connectivity: int = 1) -> None:
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
         self.tissue_threshold = tissue_threshold
@@ -482,7 +482,7 @@ class GrowRegionsd(MapTransform):
         keys: KeysCollection,
         image_key: str = "image",
         reconstruction_key: str = "reconstruction",
-        tissue_threshold: float = 0.35,
+        tissue_threshold: float = 0.45,
         steps: int = 4,
         connectivity: int = 1,
         allow_missing_keys: bool = False,

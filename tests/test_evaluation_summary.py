@@ -13,6 +13,7 @@ def _case(name, lesion, score, regions, dice=None, volume=None):
         "lesion": lesion,
         "score_two_reconstructions": score,
         "score_original_vs_reconstruction": score + 10,
+        "score_wound_volume": (30.0 if lesion == "none" else 100.0) * regions,
         "num_regions": regions,
         "false_positive_voxels": 0 if lesion != "none" else 3 * regions,
     }
@@ -42,3 +43,7 @@ def test_summary_counts_found_lesions_by_size_and_normals_with_regions(tmp_path)
     two = summary["score_two_reconstructions"]
     assert not two["every_lesion_above_every_normal"]  # lesion c (5) is below normal f (6)
     assert two["auroc"] == pytest.approx(7 / 8)
+    # lesion c has no region: its wound volume (0) ties healthy e's and is below healthy f's (30)
+    volume = summary["score_wound_volume"]
+    assert volume["lesion"]["min"] == 0 and volume["normal"]["max"] == 30
+    assert volume["auroc"] == pytest.approx((3 * 2 + 0.5) / 8) and volume["normals_scoring_zero"] == 1

@@ -77,6 +77,8 @@ def test_inference_writes_every_output_in_the_input_grid(default_case, label_map
     for region in report["regions"]:
         assert region["volume_mm3"] == pytest.approx((regions == region["label"]).sum() * voxel_mm3, rel=1e-3)
     assert set(report["subject_score"]) >= {"two_reconstructions", "original_vs_reconstruction"}
+    total = sum(region["volume_mm3"] for region in report["regions"])
+    assert report["subject_score"]["wound_volume_mm3"] == pytest.approx(total, abs=1e-3)
     config = json.loads((ROOT / "configs" / "inference.json").read_text())
     for name in ("search_region_mm", "search_region_g2_threshold"):
         assert report["thresholds"][name] == config[name]
@@ -107,7 +109,7 @@ def test_search_region_off_is_one_override_away(default_case, tiny_weights, labe
     )
     # the skull far above and behind the jaw is searched only without the region
     assert (wound_on <= wound_off).all() and wound_on.sum() < wound_off.sum()
-    for score in ("two_reconstructions", "original_vs_reconstruction"):
+    for score in ("two_reconstructions", "original_vs_reconstruction", "wound_volume_mm3"):
         assert reports[0]["subject_score"][score] <= reports[1]["subject_score"][score]
     raw_on, raw_off = (nib.load(c / "anomaly_map.nii.gz").get_fdata() for c in (default_case, output / "jaw_case"))
     np.testing.assert_array_equal(raw_on, raw_off)  # the saved map is the raw map either way

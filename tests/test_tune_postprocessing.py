@@ -53,6 +53,7 @@ def test_sweeps_inferer_postprocessing_and_score(tuning_set, tiny_weights, tmp_p
         "grow_steps=[0]",
         "grow_tissue_threshold=[0.55]",
         "search_region_mm=[null, 10]",
+        "min_region_mm3=[0]",
         "--score_thresholds",
         "0.0",
         "2.0",
@@ -71,6 +72,8 @@ def test_sweeps_inferer_postprocessing_and_score(tuning_set, tiny_weights, tmp_p
     assert set(rows) == {(None, 0.0), (None, 2.0), (10, 0.0), (10, 2.0)}
     # a threshold above every value of the squared difference of two [0, 1] reconstructions segments nothing
     assert rows[None, 2.0]["mean_dice"] == 0.0 and rows[None, 2.0]["mean_false_positive_voxels"] == 0
+    assert rows[None, 2.0]["healthy_with_region"] == 0 and not rows[None, 2.0]["wound_volume_separates"]
+    assert rows[None, 0.0]["healthy_with_region"] == 1
     assert 0.0 < rows[None, 0.0]["mean_dice"] <= 1.0
     # everything segmented: the search region leaves fewer false-positive voxels in the healthy case
     assert rows[10, 0.0]["mean_false_positive_voxels"] < rows[None, 0.0]["mean_false_positive_voxels"]
@@ -84,12 +87,15 @@ def test_sweeps_inferer_postprocessing_and_score(tuning_set, tiny_weights, tmp_p
     assert 0 < scores[10, 0.0]["normal_max"] < scores[None, 0.0]["normal_max"]
 
 
-def test_within_the_dice_tolerance_fewer_false_positives_win():
-    pairs = ((0.8, 20.0), (0.797, 9.0), (0.7, 0.0))
-    rows = [{"mean_dice": dice, "mean_false_positive_voxels": fp} for dice, fp in pairs]
-    assert tune_postprocessing.choose_postprocessing(rows, 0.005) is rows[1]
+def test_within_the_dice_tolerance_fewer_false_alarms_win():
+    triples = ((0.8, 3, 20.0), (0.797, 3, 9.0), (0.796, 1, 30.0), (0.7, 0, 0.0))
+    rows = [{"mean_dice": d, "healthy_with_region": n, "mean_false_positive_voxels": fp} for d, n, fp in triples]
     assert tune_postprocessing.choose_postprocessing(rows, 0.0) is rows[0]
-    assert tune_postprocessing.choose_postprocessing(rows, 0.2) is rows[2]
+    # within 0.0035 of the best: the same number of healthy subjects with a region, fewer voxels
+    assert tune_postprocessing.choose_postprocessing(rows, 0.0035) is rows[1]
+    # within 0.005: fewer healthy subjects with a region beats fewer false-positive voxels
+    assert tune_postprocessing.choose_postprocessing(rows, 0.005) is rows[2]
+    assert tune_postprocessing.choose_postprocessing(rows, 0.2) is rows[3]
 
 
 def test_refuses_to_overwrite_results_and_unknown_parameters(tuning_set, tiny_weights, tmp_path, capsys):

@@ -42,7 +42,7 @@ from monai.utils import (
     get_torch_dtype_from_string,
 )
 
-# output voxels per slab: a slab's grid and base grid take 28 bytes per voxel, 112 MB at this size
+# output voxels per slab: a slab's base grid, grid and float32 samples take 32 bytes per voxel (one channel), 128 MB
 DEFAULT_SLAB_VOXELS = 4_000_000
 
 
@@ -128,16 +128,16 @@ def resample_slabwise(
     size_x, size_y, size_z = (int(s) for s in dst_size[2:])
     axis_x, axis_y, axis_z = (_linspace_from_neg_one(s, align_corners) for s in (size_x, size_y, size_z))
     out = torch.empty((src.shape[1], size_x, size_y, size_z), dtype=output_dtype)
-    step = max(1, slab_voxels // max(1, size_y * size_z))
+    step = min(size_x, max(1, slab_voxels // max(1, size_y * size_z)))
+    base = torch.empty((1, step, size_y, size_z, 4), dtype=src.dtype)  # the same z, y and 1 columns for every slab
+    base[..., 0].copy_(axis_z)
+    base[..., 1].copy_(axis_y.unsqueeze(-1))
+    base[..., 3].fill_(1)
     for start in range(0, size_x, step):
         stop = min(start + step, size_x)
-        base = torch.empty((1, stop - start, size_y, size_z, 4), dtype=src.dtype)
-        base[..., 0].copy_(axis_z)
-        base[..., 1].copy_(axis_y.unsqueeze(-1))
-        base[..., 2].copy_(axis_x[start:stop].unsqueeze(-1).unsqueeze(-1) if size_x > 1 else axis_x)
-        base[..., 3].fill_(1)
-        grid = base.view(1, -1, 4).bmm(theta).view(1, stop - start, size_y, size_z, 3)
-        del base
+        slab = base[:, : stop - start]
+        slab[..., 2].copy_(axis_x[start:stop].unsqueeze(-1).unsqueeze(-1) if size_x > 1 else axis_x)
+        grid = slab.reshape(1, -1, 4).bmm(theta).view(1, stop - start, size_y, size_z, 3)
         sampled = F.grid_sample(src, grid, mode=interp, padding_mode=padding, align_corners=align_corners)
         out[:, start:stop] = sampled[0]
     result = MetaTensor(out)

@@ -4,7 +4,7 @@ Writes the synthetic DentalSegmentator-like map of scripts/benchmark_preprocessi
 at 0.25 mm, the paper's CBCT size) into a temporary folder, runs ``python -m monai.bundle run --config_file
 configs/inference.json`` on it in a child process (overview figure off) and reports the child's peak resident set
 size (``getrusage(RUSAGE_CHILDREN)``, so Python, torch and MONAI are included) and wall time, as a Markdown row
-that also names the code measured (``git describe --always --dirty`` of the bundle).
+that also names the code measured (the bundle's commit).
 
     python scripts/measure_inference_memory.py [--shape 600 600 416] [--spacing 0.25] [--markdown docs/memory.md]
     python scripts/measure_inference_memory.py --shape 600 600 832   # about max_input_voxels, the largest accepted
@@ -63,11 +63,17 @@ def measure(shape: tuple[int, int, int], spacing: float) -> dict:
 
 
 def code_version() -> str:
-    """The bundle's commit (``-dirty`` with uncommitted changes), or ``-`` outside a git checkout."""
-    result = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True, check=False
-    )
-    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else "-"
+    """The bundle's commit, ``-dirty`` with uncommitted changes outside docs/ (where the rows go), or ``-`` outside a
+    git checkout."""
+
+    def git(*arguments: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *arguments], cwd=ROOT, capture_output=True, text=True, check=False)
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if commit.returncode != 0 or not commit.stdout.strip():
+        return "-"
+    changes = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)docs").stdout.strip()
+    return commit.stdout.strip() + ("-dirty" if changes else "")
 
 
 def main(argv: list[str] | None = None) -> int:

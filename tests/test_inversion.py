@@ -96,9 +96,11 @@ def test_array_form_inverts_one_tensor_that_carries_the_trace(preprocessed):
     preprocessing, data, shape, _ = preprocessed
     wound = data["wound"].clone()
     wound.applied_operations, wound.meta = list(data["image"].applied_operations), dict(data["image"].meta)
-    out = SlabwiseInvert(preprocessing, orig_key="image", dtype=torch.uint8)(wound)
-    expected = SlabwiseInvertd("wound", preprocessing, orig_keys="image", dtype="uint8")(dict(data))["wound"]
-    assert out.shape == (1, *shape) and torch.equal(out.as_tensor(), expected.as_tensor())
+    for nearest in (True, False):
+        out = SlabwiseInvert(preprocessing, orig_key="image", nearest_interp=nearest, dtype=torch.uint8)(wound)
+        expected = SlabwiseInvertd("wound", preprocessing, orig_keys="image", dtype="uint8")(dict(data))["wound"]
+        assert out.shape == (1, *shape) and torch.equal(out.as_tensor(), expected.as_tensor())
+        assert len(wound.applied_operations) == 2  # the trace of the input is left as it was
 
 
 def test_integer_output_refuses_values_it_cannot_hold_or_interpolation(preprocessed):

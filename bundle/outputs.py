@@ -162,11 +162,11 @@ def case_name(image: torch.Tensor) -> str:
 def region_statistics(regions: np.ndarray, affine: np.ndarray) -> list[dict]:
     """Volume (mm^3) and world bounding box (LPS mm, voxel corners included) of each label 1..K of ``regions``."""
     voxel_volume = float(abs(np.linalg.det(affine[:3, :3])))
-    counts = np.bincount(regions.ravel(), minlength=int(regions.max()) + 1)
     stats = []
     for label, box in enumerate(ndimage.find_objects(regions), start=1):
         if box is None:
             continue
+        count = int(np.count_nonzero(regions[box] == label))  # within its box: no full-size copy as bincount makes
         low = np.array([s.start for s in box]) - 0.5
         high = np.array([s.stop for s in box]) - 0.5
         corners = np.stack(np.meshgrid(*zip(low, high), indexing="ij"), axis=-1).reshape(-1, 3)
@@ -174,8 +174,8 @@ def region_statistics(regions: np.ndarray, affine: np.ndarray) -> list[dict]:
         stats.append(
             {
                 "label": label,
-                "voxels": int(counts[label]),
-                "volume_mm3": round(float(counts[label]) * voxel_volume, 3),
+                "voxels": count,
+                "volume_mm3": round(float(count) * voxel_volume, 3),
                 "bounding_box_lps_mm": {
                     "min": [round(float(v), 3) for v in world.min(axis=0)],
                     "max": [round(float(v), 3) for v in world.max(axis=0)],
@@ -186,12 +186,16 @@ def region_statistics(regions: np.ndarray, affine: np.ndarray) -> list[dict]:
 
 
 def _write_nifti(array: torch.Tensor, path: Path, dtype: np.dtype) -> None:
+    """``array`` (1, X, Y, Z) MetaTensor as a NIfTI file of ``dtype`` in its own grid, through MONAI's NibabelWriter.
+
+    The affine is handed to the writer as ``set_metadata(meta, resample=False)`` would set it, without calling it:
+    that method still passes the data through ``SpatialResample``, which returns a float32 copy even when nothing
+    moves (600 MB for a uint8 label map of 150 million voxels, docs/memory.md), and in MONAI 1.6.1 reads the
+    channel-last 3D array as 2D, failing ("Affine ... is not invertible") for inputs stored with permuted axes such as
+    voxel axes (x, z, y) (found by tests/test_properties.py).
+    """
     writer = NibabelWriter(output_dtype=dtype)
-    writer.set_data_array(convert_to_numpy(array).astype(dtype), channel_dim=0)
-    # The array is already on its grid: set the affine itself instead of set_metadata(resample=False), whose identity
-    # resampling (MONAI 1.6.1) reads the channel-last 3D array as a 2D image with a channel and fails ("Affine ... is
-    # not invertible") when the affine's upper-left 2 x 2 block is singular: an input stored with permuted axes, such
-    # as voxel axes (x, z, y) (found by tests/test_properties.py).
+    writer.set_data_array(convert_to_numpy(array).astype(dtype, copy=False), channel_dim=0)
     writer.affine = convert_to_numpy(array.affine).astype(np.float64)
     writer.write(path)
 
@@ -200,8 +204,9 @@ class WriteCaseOutputsd(MapTransform):
     """Write one case's outputs to ``output_dir/<case>/``; the last transform of the inference post-processing.
 
     Keys read (channel-first tensors): ``anomaly_key`` and ``wound_key`` in the input's own grid (after
-    ``Invertd``); ``image_key`` (x'), ``anomaly_2mm_key``, ``recon1_key``, ``recon2_key``, ``wound_2mm_key`` on the
-    2 mm model grid (scores and the figure are computed there, where the thresholds are defined).
+    :class:`bundle.inversion.SlabwiseInvertd`; the wound map is used in its own integer type, a float one as int32);
+    ``image_key`` (x'), ``anomaly_2mm_key``, ``recon1_key``, ``recon2_key``, ``wound_2mm_key`` on the 2 mm model grid
+    (scores and the figure are computed there, where the thresholds are defined).
     ``thresholds`` are recorded in the report as given; ``score_threshold``/``score_erosion_iterations`` define the
     paper's subject scores (:func:`bundle.scoring.subject_score`) of the two-reconstruction and the
     original-vs-reconstruction maps. With ``search_region_key`` (the anatomical search region of
@@ -279,7 +284,8 @@ class WriteCaseOutputsd(MapTransform):
         partial = _make_partial_folder(self.output_dir, name)
         try:
             wound = d[self.wound_key]
-            regions = convert_to_numpy(wound)[0].astype(np.int32)
+            regions = convert_to_numpy(wound)[0]
+            regions = regions if np.issubdtype(regions.dtype, np.integer) else regions.astype(np.int32)
             affine = convert_to_numpy(wound.affine).astype(np.float64)
             for key in self.key_iterator(d):
                 _write_nifti(d[key], partial / f"{key}.nii.gz", np.dtype(np.float32))

@@ -38,7 +38,7 @@ def segment_fields(labels: np.ndarray, names: list[str] | None = None) -> dict[s
     present = [int(label) for label in np.unique(labels[labels > 0])]
     if names is not None and len(names) != len(present):
         raise ValueError(f"{len(names)} segment names for {len(present)} regions")
-    boxes = ndimage.find_objects(labels.astype(np.int64))
+    boxes = ndimage.find_objects(labels)
     fields = {
         "Segmentation_MasterRepresentation": "Binary labelmap",
         "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
@@ -83,7 +83,7 @@ def write_slicer_segmentation(
         raise ValueError(f"{path}: expected a 3D region label map, got shape {labels.shape}")
     if labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
         raise ValueError(f"{path}: region labels must be 0..255, got {labels.min()}..{labels.max()}")
-    labels = labels.astype(np.uint8)
+    labels = labels.astype(np.uint8, copy=False)
     image = ITKWriter.create_backend_obj(
         labels, channel_dim=None, affine=convert_to_numpy(affine), dtype=np.uint8, affine_lps_to_ras=True
     )

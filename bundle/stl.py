@@ -217,7 +217,7 @@ def write_region_stls(
     labels = labels[0] if labels.ndim == 4 and labels.shape[0] == 1 else labels
     if labels.ndim != 3:
         raise ValueError(f"expected a (1, X, Y, Z) region label map, got shape {labels.shape}")
-    labels = labels.astype(np.int64)
+    labels = labels if np.issubdtype(labels.dtype, np.integer) else labels.astype(np.int64)
     present = np.unique(labels[labels > 0])
     output = Path(output_dir)
     width = max(2, len(str(int(present.max())))) if present.size else 2

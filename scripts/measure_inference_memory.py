@@ -3,9 +3,11 @@
 Writes the synthetic DentalSegmentator-like map of scripts/benchmark_preprocessing.py (default 600 x 600 x 416 voxels
 at 0.25 mm, the paper's CBCT size) into a temporary folder, runs ``python -m monai.bundle run --config_file
 configs/inference.json`` on it in a child process (overview figure off) and reports the child's peak resident set
-size (``getrusage(RUSAGE_CHILDREN)``, so Python, torch and MONAI are included) and wall time, as a Markdown row.
+size (``getrusage(RUSAGE_CHILDREN)``, so Python, torch and MONAI are included) and wall time, as a Markdown row
+that also names the code measured (the bundle's commit).
 
     python scripts/measure_inference_memory.py [--shape 600 600 416] [--spacing 0.25] [--markdown docs/memory.md]
+    python scripts/measure_inference_memory.py --shape 600 600 832   # about max_input_voxels, the largest accepted
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def measure(shape: tuple[int, int, int], spacing: float) -> dict:
             "--output_dir",
             str(Path(scratch) / "out"),
             "--write_figure",
-            "false",
+            "False",  # capitalised: the command line reads it as a bool; "false" would be a (true) string
         ]
         start = time.perf_counter()
         result = subprocess.run(command, cwd=scratch, capture_output=True, text=True)
@@ -60,17 +62,31 @@ def measure(shape: tuple[int, int, int], spacing: float) -> dict:
     }
 
 
+def code_version() -> str:
+    """The bundle's commit, ``-dirty`` with uncommitted changes outside docs/ (where the rows go), or ``-`` outside a
+    git checkout."""
+
+    def git(*arguments: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *arguments], cwd=ROOT, capture_output=True, text=True, check=False)
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if commit.returncode != 0 or not commit.stdout.strip():
+        return "-"
+    changes = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)docs").stdout.strip()
+    return commit.stdout.strip() + ("-dirty" if changes else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", type=int, nargs=3, default=[600, 600, 416])
     parser.add_argument("--spacing", type=float, default=0.25)
     parser.add_argument("--markdown", type=Path, help="append the result row to this Markdown table")
     args = parser.parse_args(argv)
-    row = measure(tuple(args.shape), args.spacing)
+    row = {**measure(tuple(args.shape), args.spacing), "code": code_version()}
     print(json.dumps(row))
     line = (
         f"| {' x '.join(map(str, row['shape']))} | {row['spacing_mm']} | {row['voxels']:,} | "
-        f"{row['peak_rss_gb']} | {row['seconds']} |"
+        f"{row['peak_rss_gb']} | {row['seconds']} | {row['code']} |"
     )
     if args.markdown:
         with open(args.markdown, "a") as stream:

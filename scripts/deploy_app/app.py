@@ -5,8 +5,8 @@
           '----------------------reference-----------------^
 
 - ``LabelMapLoader`` reads the file with MONAI's ``LoadImage`` and emits an SDK ``Image`` carrying MONAI's metadata,
-  affine included (the SDK's ``NiftiDataLoader`` passes a bare array, and the bundle's ``Spacingd`` and ``Invertd``
-  need the geometry).
+  affine included (the SDK's ``NiftiDataLoader`` passes a bare array, and the bundle's ``Spacingd`` and its
+  inversion, ``SlabwiseInvertd``, need the geometry).
 - ``BundleOperator`` is ``MonaiBundleInferenceOperator`` on the bundle folder (``configs/inference.json``:
   ``preprocessing``, ``inferer``, ``postprocessing``), with ``bundle_root`` and ``output_dir`` set to the bundle and
   the app's output folder before the transforms are built. The bundle's post-processing writes the case folder
@@ -102,7 +102,7 @@ class BundleOperator(MonaiBundleInferenceOperator):
 
     def _get_compose(self, obj_name, disallowed_prefixes):
         # once, before the first compose: updating the parser later would rebuild the pre-processing transforms,
-        # and Invertd in the post-processing must invert the very instances that ran
+        # and the inversion (SlabwiseInvertd) in the post-processing must invert the very instances that ran
         if self._overrides:
             self._parser.update(self._overrides)
             self._overrides = {}

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from bundle.gan_step import gan_training_step
 from bundle.losses import adversarial_schedule
+from bundle.weights import load_checkpoint
 
 __all__ = ["VQGANTrainer", "DistributedGenerator", "scalar_outputs", "init_stage2", "check_output_dir"]
 
@@ -250,7 +251,7 @@ def init_stage2(
             f"{path}: stage-1 checkpoint not found (train stage 1 first; its best model.pt is written at validation, "
             "every val_interval epochs; or set stage1_checkpoint, e.g. to checkpoint_final.pt)"
         )
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    checkpoint = load_checkpoint(path, map_location=map_location)
     for key, module in {"generator": generator, "discriminator": discriminator}.items():
         if module is None:
             continue

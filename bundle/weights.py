@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -51,9 +52,28 @@ def verify_checksum(weights: str | os.PathLike) -> str:
     return actual
 
 
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu"):
+    """``torch.load(path, weights_only=True)``, with a one-line error naming the file when it is refused.
+
+    ``weights_only`` unpickles tensors, numbers, strings and containers only, so a file that would run code when
+    unpickled (a pickle ``__reduce__`` calling any function) is refused before that code runs, checksum or not;
+    PyTorch's own message for it is a page long. Raises ``ValueError`` for such a file and for one that is not a
+    checkpoint.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(
+            f"{path}: refused: the checkpoint holds objects other than tensors and plain containers, which could run "
+            "code when loaded (only weights_only loading is allowed)"
+        ) from None
+    except (RuntimeError, EOFError) as error:
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({str(error).splitlines()[0]})") from None
+
+
 def load_verified_weights(network: torch.nn.Module, weights: str | os.PathLike) -> torch.nn.Module:
-    """Load a state dict into ``network`` after :func:`verify_checksum`; ``weights_only=True`` loading."""
+    """Load a state dict into ``network`` after :func:`verify_checksum`, with :func:`load_checkpoint`."""
     verify_checksum(weights)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
+    state = load_checkpoint(weights)
     network.load_state_dict(state)
     return network

@@ -24,16 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bundle.networks import AnomalyDetector  # noqa: E402
-from bundle.weights import write_checksum  # noqa: E402
+from bundle.weights import load_checkpoint, write_checksum  # noqa: E402
 
 
 def load_generator_state(path: Path, key: str) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({error})") from error
+    checkpoint = load_checkpoint(path)
     state = checkpoint.get(key, checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not any(k.startswith("encoder.") for k in state):
         raise ValueError(f"{path}: no generator state dict (looked for key '{key}' or a bare state dict)")

@@ -307,6 +307,11 @@ class WriteCaseOutputsd(MapTransform):
                 )
             _give_default_permissions(partial)
             _publish(partial, final, self.overwrite)
+        except OSError as error:  # a full disk, a quota: the writers' errors do not name the case
+            shutil.rmtree(partial, ignore_errors=True)
+            raise OSError(
+                error.errno, f"{final}: writing the case outputs failed, nothing kept ({error.strerror or error})"
+            ) from None
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from collections.abc import Hashable, Mapping
 
+import nibabel as nib
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection, NdarrayOrTensor
@@ -46,8 +48,37 @@ def source_name(img: NdarrayOrTensor) -> str:
     return str(meta.get("filename_or_obj", "<array>"))
 
 
+def check_nifti_geometry(path: str | os.PathLike) -> None:
+    """Refuse a NIfTI file whose header geometry is broken: an sform (used when its code is set) that is singular or
+    not finite, or, without an sform, voxel sizes (``pixdim``) that are zero, negative or not finite.
+
+    MONAI's NIfTI reader repairs such headers silently (``correct_nifti_header_if_necessary`` rebuilds the affine
+    from ``pixdim``), so the geometry of the outputs would be a guess. Other formats, and files whose header cannot be
+    read (the reader reports those), pass. Raises ``ValueError`` naming the file.
+    """
+    if not str(path).lower().endswith((".nii", ".nii.gz")):
+        return
+    try:  # the header as stored: nibabel's own load also repairs it (a negative pixdim becomes its absolute value)
+        with nib.openers.ImageOpener(path) as stream:
+            header = nib.Nifti1Header.from_fileobj(stream, check=False)
+            if int(header["sizeof_hdr"]) != 348:
+                stream.seek(0)
+                header = nib.Nifti2Header.from_fileobj(stream, check=False)
+    except Exception:  # noqa: BLE001 - an unreadable file is the reader's to report, with its own message
+        return
+    if int(header["sform_code"]) > 0:
+        sform = header.get_sform()
+        if not np.isfinite(sform).all() or abs(np.linalg.det(sform[:3, :3])) < 1e-12:
+            raise ValueError(f"{path}: the NIfTI sform (voxel -> world) is singular or not finite")
+    elif int(header["qform_code"]) > 0:
+        sizes = np.asarray(header["pixdim"][1:4], dtype=np.float64)
+        if not np.isfinite(sizes).all() or (sizes <= 0).any():
+            raise ValueError(f"{path}: the NIfTI voxel size (pixdim {sizes.tolist()}) is not a positive number")
+
+
 class LoadImageWithFileErrorsd(LoadImaged):
-    """MONAI's ``LoadImaged`` (same arguments) whose read failures name the file.
+    """MONAI's ``LoadImaged`` (same arguments) whose read failures name the file, and which refuses a NIfTI header
+    geometry that MONAI's reader would repair silently (:func:`check_nifti_geometry`).
 
     Gap filled: a reader's own error does not always say which file failed (a truncated ``.nii.gz`` ends in
     ``EOFError: Compressed file ended before the end-of-stream marker was reached``); here such an error becomes
@@ -55,6 +86,9 @@ class LoadImageWithFileErrorsd(LoadImaged):
     """
 
     def __call__(self, data, reader=None):
+        for key in self.key_iterator(dict(data)):
+            if isinstance(data[key], (str, os.PathLike)):
+                check_nifti_geometry(data[key])
         try:
             return super().__call__(data, reader)
         except Exception as error:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import resource
+import struct
 import subprocess
 import sys
 import tempfile
@@ -48,6 +50,26 @@ def _with_zooms(folder: Path, name: str, zooms) -> Path:
     path = folder / name
     nib.save(image, path)
     return path
+
+
+def _patched_header(folder: Path, name: str, **fields) -> Path:
+    """An uncompressed NIfTI-1 of ``_jaw()`` whose header fields are overwritten in the file's bytes (nibabel refuses
+    to write such headers): ``pixdim`` (x, y, z; with the identity qform, code 1) or ``srow`` (3 x 4, sform code 1,
+    qform code 0)."""
+    path = _nifti(folder, name, _jaw())
+    header = bytearray(path.read_bytes())
+    struct.pack_into("<hh", header, 252, 0 if "srow" in fields else 1, 1 if "srow" in fields else 0)
+    if "pixdim" in fields:
+        struct.pack_into("<3f", header, 80, *fields["pixdim"])
+    if "srow" in fields:
+        struct.pack_into("<12f", header, 280, *np.ravel(fields["srow"]))
+    path.write_bytes(bytes(header))
+    return path
+
+
+def _output_under_a_file(folder: Path) -> Path:
+    (folder / "not_a_folder").write_text("a file where the output folder's parent should be\n")
+    return folder / "not_a_folder" / "out"
 
 
 def _truncated(folder: Path) -> Path:
@@ -100,6 +122,8 @@ class Case:
     build: Callable[[Path], Path | list[str]]  # an input path, or the CLI arguments
     expect: str  # a substring of the one-line error, or "" when the input is valid and must work
     extra: tuple[str, ...] = ()
+    output: Callable[[Path], Path] | None = None  # the output folder (default: <folder>/out)
+    file_size_limit: int | None = None  # RLIMIT_FSIZE of the run, in bytes: a disk that fills while writing
 
 
 CASES = (
@@ -120,6 +144,26 @@ CASES = (
     ),
     Case("zero spacing, no qform/sform", lambda d: _with_zooms(d, "zero.nii.gz", (0.0, 0.5, 0.5)), "zero.nii.gz"),
     Case("absurd spacing (100 mm)", lambda d: _nifti(d, "huge.nii.gz", _jaw(), np.diag([100.0, 100, 100, 1])), "huge"),
+    Case(
+        "negative voxel size (pixdim) with a qform",
+        lambda d: _patched_header(d, "negative_spacing.nii", pixdim=(-0.5, 0.5, 0.5)),
+        "negative_spacing.nii",
+    ),
+    Case(
+        "NaN voxel size (pixdim) with a qform",
+        lambda d: _patched_header(d, "nan_spacing.nii", pixdim=(float("nan"), 0.5, 0.5)),
+        "nan_spacing.nii",
+    ),
+    Case(
+        "singular affine",
+        lambda d: _patched_header(d, "singular.nii", srow=[[0.5, 0, 0, 0], [0, 0.5, 0, 0], [0, 0, 0, 0]]),
+        "singular.nii",
+    ),
+    Case(
+        "non-finite affine",
+        lambda d: _patched_header(d, "nan_affine.nii", srow=[[float("nan"), 0, 0, 0], [0, 0.5, 0, 0], [0, 0, 0.5, 0]]),
+        "nan_affine.nii",
+    ),
     Case("NaN in the CBCT", _nan_cbct, "cbct.nii.gz"),
     Case("CBCT that does not overlap the label map", _cbct_elsewhere, "cbct.nii.gz"),
     Case(
@@ -127,6 +171,18 @@ CASES = (
         lambda d: _nifti(d, "big.nii.gz", _jaw()),
         "max_input_voxels",
         ("--max_input_voxels", "10000"),
+    ),
+    Case(
+        "output folder that cannot be created or written",
+        lambda d: _nifti(d, "jaw.nii.gz", _jaw()),
+        "not_a_folder/out",
+        output=_output_under_a_file,
+    ),
+    Case(
+        "disk full while writing (simulated: 8 kB file size limit)",
+        lambda d: _nifti(d, "jaw.nii.gz", _jaw()),
+        "jaw",
+        file_size_limit=8192,
     ),
     Case("volume smaller than one window (valid)", lambda d: _nifti(d, "small.nii.gz", _jaw((30, 30, 20))), ""),
     Case(
@@ -142,7 +198,7 @@ def run_case(case: Case, folder: Path, checkpoint: Path | None = None) -> dict:
     """Build and run one case in ``folder``; returns rc, the last stderr line and the files written."""
     built = case.build(folder)
     arguments = built if isinstance(built, list) else ["--input", str(built)]
-    output = folder / "out"
+    output = folder / "out" if case.output is None else case.output(folder)
     command = [
         sys.executable,
         "-m",
@@ -159,7 +215,15 @@ def run_case(case: Case, folder: Path, checkpoint: Path | None = None) -> dict:
     ]
     if checkpoint is not None:
         command += ["--checkpoint", str(checkpoint)]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    limit = case.file_size_limit
+    result = subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        preexec_fn=None if limit is None else lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
+    )
     lines = result.stderr.strip().splitlines()
     written = sorted(str(p.relative_to(output)) for p in output.rglob("*") if p.is_file()) if output.exists() else []
     return {

@@ -1,13 +1,15 @@
 """ValidateLabels / ValidateLabelsd on hand-made arrays: each error message, and the ToothFairy2 remap preset."""
 
 import re
+import struct
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
 
-from bundle.transforms import ValidateLabels, ValidateLabelsd
+from bundle.transforms import LoadImageWithFileErrorsd, ValidateLabels, ValidateLabelsd, check_nifti_geometry
 
 SOURCE = "/data/case_007.nii.gz"
 
@@ -142,3 +144,38 @@ def test_nifti_header_with_zero_spacing_and_no_qform_or_sform_is_refused(tmp_pat
     loaded = LoadImage(image_only=True, dtype=None)(str(path))
     with pytest.raises(ValueError, match=re.escape(str(path)) + ": the NIfTI header has neither a qform nor an sform"):
         ValidateLabels()(loaded)
+
+
+def _stored_header(tmp_path, qform_code: int, sform_code: int, pixdim=(0.5, 0.5, 0.5), srow=None):
+    """An uncompressed NIfTI-1 with these header fields written into its bytes (nibabel would repair them)."""
+    path = tmp_path / "labels.nii"
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.int16), np.diag([0.5, 0.5, 0.5, 1.0])), path)
+    header = bytearray(path.read_bytes())
+    struct.pack_into("<3f", header, 80, *pixdim)
+    struct.pack_into("<hh", header, 252, qform_code, sform_code)
+    if srow is not None:
+        struct.pack_into("<12f", header, 280, *np.ravel(srow))
+    path.write_bytes(bytes(header))
+    return path
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"qform_code": 0, "sform_code": 1, "srow": [[0.5, 0, 0, 0], [0, 0.5, 0, 0], [0, 0, 0, 0]]}, "singular"),
+        ({"qform_code": 0, "sform_code": 1, "srow": [[np.nan, 0, 0, 0], [0, 0.5, 0, 0], [0, 0, 0.5, 0]]}, "finite"),
+        ({"qform_code": 1, "sform_code": 0, "pixdim": (-0.5, 0.5, 0.5)}, "positive"),
+        ({"qform_code": 1, "sform_code": 0, "pixdim": (0.5, 0.0, 0.5)}, "positive"),
+    ],
+)
+def test_nifti_geometry_that_monai_would_repair_silently_is_refused(tmp_path, fields, message):
+    path = _stored_header(tmp_path, **fields)
+    with pytest.raises(ValueError, match=f"{re.escape(str(path))}: .*{message}"):
+        check_nifti_geometry(path)
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        LoadImageWithFileErrorsd("image", image_only=True)({"image": str(path)})
+
+
+def test_valid_nifti_geometry_passes(tmp_path):
+    check_nifti_geometry(_stored_header(tmp_path, qform_code=1, sform_code=0))
+    check_nifti_geometry(_stored_header(tmp_path, 0, 1, srow=[[0, 0.5, 0, 3], [-0.5, 0, 0, 1], [0, 0, 0.4, 2]]))

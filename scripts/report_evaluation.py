@@ -14,8 +14,8 @@ prefixed by the run's label in snake case); ``--model_card docs/README.md`` repl
 docs/acceptance.json`` rewrites the Markdown from a JSON written before (no evaluation needed), so a test can check
 that the committed table is what the committed JSON gives.
 The targets are those of the real-anatomy issue: every lesion subject above every healthy one (the paper's
-two-reconstruction score, and the wound volume that the post-processing of the same map gives), mean Dice >= 0.75, every lesion of at least 1 cm^3 found (Dice > 0.3), at most 1 in 10 healthy subjects with
-any wound region.
+two-reconstruction score, and the wound volume that the post-processing of the same map gives), mean Dice >= 0.75,
+every lesion of at least 1 cm^3 found (Dice > 0.3), at most 1 in 10 healthy subjects with any wound region.
 """
 
 from __future__ import annotations

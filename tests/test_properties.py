@@ -330,11 +330,12 @@ def test_a_region_left_on_tissue_by_the_soft_tissue_removal_is_dropped():
     soft-tissue voxels of a region can then leave it mostly or only on tissue present in the input (nothing to fill
     with a dressing). The config applies the tissue filter again after that removal."""
     affine = torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0], dtype=torch.float64))
-    labels = np.zeros((12, 12, 12), np.uint8)
-    labels[2:10, 2:10, 2:6] = 2  # mandible
+    labels = np.zeros((16, 16, 16), np.uint8)
+    labels[1:15, 1:15, 1:8] = 2  # mandible
     image = np.where(labels > 0, 0.7, 0.0).astype(np.float32)
     anomaly = np.zeros_like(image)
-    anomaly[4:8, 4:8, 4:8] = 0.5  # half on the bone, half in the empty space above it
+    # half on the bone, half in the empty space above it; large enough for the config's smallest region
+    anomaly[4:12, 4:12, 4:12] = 0.5
     cbct = np.where(labels > 0, 1000.0, 0.0).astype(np.float32)  # that empty space is soft tissue (0 HU)
     case = {
         "image": MetaTensor(torch.from_numpy(image[None]), affine=affine),

@@ -4,10 +4,10 @@ Writes the synthetic DentalSegmentator-like map of scripts/benchmark_preprocessi
 at 0.25 mm, the paper's CBCT size) into a temporary folder, runs ``python -m monai.bundle run --config_file
 configs/inference.json`` on it in a child process (overview figure off) and reports the child's peak resident set
 size (``getrusage(RUSAGE_CHILDREN)``, so Python, torch and MONAI are included) and wall time, as a Markdown row
-that also names the code measured (the bundle's commit).
+that also names the code measured (the bundle's commit). From the bundle root:
 
-    python scripts/measure_inference_memory.py [--shape 600 600 416] [--spacing 0.25] [--markdown docs/memory.md]
-    python scripts/measure_inference_memory.py --shape 600 600 832   # about max_input_voxels, the largest accepted
+    python -m scripts.measure_inference_memory [--shape 600 600 416] [--spacing 0.25] [--markdown docs/memory.md]
+    python -m scripts.measure_inference_memory --shape 600 600 832   # about max_input_voxels, the largest accepted
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from benchmark_preprocessing import synthetic_jaw, write_label_map  # noqa: E402
+from scripts.benchmark_preprocessing import synthetic_jaw, write_label_map
+from scripts.benchmarking import ROOT
 
 
 def measure(shape: tuple[int, int, int], spacing: float) -> dict:

@@ -6,12 +6,14 @@ lesion on a 90 x 90 x 83 grid at 2 mm (the size real_anatomy.md gives for a real
   load + preprocess -> both reconstructions (sliding window) -> post-processing (regions) -> invert + write (NIfTI,
   STL, report; the overview figure is off, it is not part of the per-scan work a deployment needs).
 The architecture and the inferer come from the configs (``configs/inference.json``: ``generator_def``,
-``inferer``) through MONAI's ``ConfigParser``. Naive peer, in the same run: two separate
-MONAI ``VQVAE`` networks with the generator's widths below full resolution (same latent grid), each through MONAI's
-``SlidingWindowInferer`` with method.md's 64^3 windows at overlap 0.5, and the squared difference of their outputs.
-Peak memory is the process's maximum resident set size after the timed runs (torch and MONAI included).
+``inferer``, ``preprocessing``, ``segmentation_steps``, ``output_steps``) through MONAI's ``ConfigParser``.
+Naive peer, in the same run (``scripts.benchmarking.naive_peer``): two separate MONAI ``VQVAE`` networks with the
+generator's widths below full resolution (same latent grid), each through MONAI's ``SlidingWindowInferer`` with
+method.md's 64^3 windows at overlap 0.5, and the squared difference of their outputs. Stages and peer run in turn
+in every round (one warm-up round, then ``--repeats`` timed ones; medians reported). Peak memory is the process's
+maximum resident set size after the timed runs (torch and MONAI included). From the bundle root:
 
-    python scripts/benchmark_inference.py [--repeats 3] [--json docs/benchmark_inference.json] \
+    python -m scripts.benchmark_inference [--repeats 3] [--json docs/benchmark_inference.json] \
         [--markdown docs/benchmark_inference_table.md]
 """
 
@@ -20,30 +22,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
+import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
-from monai.inferers import SlidingWindowInferer
-from monai.networks.nets import VQVAE
 from monai.transforms import Compose
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bundle.weights import load_verified_weights, write_checksum  # noqa: E402
-from jaw_phantoms.anatomy import AnatomyOptions  # noqa: E402
-from jaw_phantoms.phantom import make_phantom  # noqa: E402
-
-GRID = (90, 90, 83)
-PEER_WINDOW = (64, 64, 64)  # method.md's inference window
+from bundle.weights import load_verified_weights, write_checksum
+from jaw_phantoms.anatomy import AnatomyOptions
+from jaw_phantoms.phantom import make_phantom
+from scripts.benchmarking import GRID, ROOT, naive_peer, peak_rss_bytes, read_config, resolved_arguments, time_in_turn
 
 
 def write_scan(folder: Path) -> Path:
@@ -75,46 +68,17 @@ def weights_for(network: torch.nn.Module, folder: Path) -> tuple[Path, str]:
     return path, "random weights of the configured architecture (models/model.pt absent or of another architecture)"
 
 
-def naive_peer(parser: ConfigParser) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """Two MONAI VQVAEs with the configured generator's widths below full resolution (the same latent grid)."""
-    generator = parser.get_parsed_content("generator_def")
-    widths = generator.channels[1:] if generator.stem_stride == 1 else generator.channels
-    blocks = parser.get("generator_def").get("num_res_blocks", 1)  # the raw definition
-    res_layers = max(blocks[-len(widths) :]) if isinstance(blocks, (list, tuple)) else int(blocks)
-
-    def vqvae() -> torch.nn.Module:
-        return VQVAE(
-            spatial_dims=3,
-            in_channels=1,
-            out_channels=1,
-            channels=widths,
-            num_res_layers=res_layers,
-            num_res_channels=widths,
-            downsample_parameters=((2, 4, 1, 1),) * len(widths),
-            upsample_parameters=((2, 4, 1, 1, 0),) * len(widths),
-            num_embeddings=generator.quantizer.num_embeddings,
-            embedding_dim=generator.quantizer.embedding_dim,
-        ).eval()
-
-    return vqvae(), vqvae()
-
-
-def timed(function, *args):
-    start = time.perf_counter()
-    result = function(*args)
-    return result, time.perf_counter() - start
+STAGES = ("load_preprocess", "reconstructions", "postprocess", "invert_write")
 
 
 def run(repeats: int) -> dict:
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        scan = write_scan(folder)
-        parser = ConfigParser()
-        parser.read_config(str(ROOT / "configs" / "inference.json"))
-        parser["bundle_root"] = str(ROOT)
-        parser.update({"input": str(scan), "output_dir": str(folder / "out"), "overwrite": True, "write_figure": False})
-        (folder / "out").mkdir()
+        scan, out = write_scan(folder), folder / "out"
+        out.mkdir()
+        overrides = {"output_dir": str(out), "overwrite": True, "write_figure": False}
+        parser = read_config("inference.json", device="$torch.device('cpu')", input=str(scan), **overrides)
         network = parser.get_parsed_content("network")
         weights, weights_source = weights_for(network, folder)
         parser["checkpoint"] = str(weights)  # the report names the weights it used
@@ -123,39 +87,26 @@ def run(repeats: int) -> dict:
         inferer = parser.get_parsed_content("inferer")
         regions = Compose(parser.get_parsed_content("segmentation_steps"))
         writing = Compose(parser.get_parsed_content("output_steps"))
-        peer_1, peer_2 = naive_peer(parser)
-        peer_inferer = SlidingWindowInferer(roi_size=PEER_WINDOW, sw_batch_size=inferer.sw_batch_size, overlap=0.5)
+        peer = naive_peer(resolved_arguments(parser, "generator_def"), inferer.sw_batch_size)
 
-        rows: dict[str, list[float]] = {
-            k: []
-            for k in (
-                "load_preprocess",
-                "reconstructions",
-                "postprocess",
-                "invert_write",
-                "total",
-                "naive_reconstructions",
-            )
+        item: dict = {}
+        steps = {  # each stage takes what the one before it left in ``item``
+            "load_preprocess": lambda: item.update(preprocessing({"image": str(scan)})),
+            "reconstructions": lambda: item.update(pred=inferer(item["image"].unsqueeze(0), network)[0]),
+            "postprocess": lambda: item.update(regions(item)),
+            "invert_write": lambda: writing(item),
+            "naive_reconstructions": lambda: peer(item["image"].unsqueeze(0)),
         }
+
+        def clear() -> None:  # a new scan each round: no outputs to replace, no keys left from the last round
+            item.clear()
+            for case in out.iterdir():
+                shutil.rmtree(case)
+
         with torch.inference_mode():
-            for _ in range(repeats + 1):  # the first run warms up and is dropped
-                data, t_load = timed(preprocessing, {"image": str(scan)})
-                image = data["image"].unsqueeze(0)
-                prediction, t_net = timed(inferer, image, network)
-                item = {**data, "pred": prediction[0]}
-                item, t_post = timed(regions, item)
-                for case in (folder / "out").glob("*"):
-                    shutil.rmtree(case)
-                _, t_write = timed(writing, item)
-                _, t_naive = timed(
-                    lambda: (peer_inferer(image, lambda x: peer_2(x)[0]) - peer_inferer(image, lambda x: peer_1(x)[0]))
-                    ** 2
-                )
-                for key, value in zip(
-                    rows, (t_load, t_net, t_post, t_write, t_load + t_net + t_post + t_write, t_naive)
-                ):
-                    rows[key].append(value)
-        median = {k: float(np.median(v[1:])) for k, v in rows.items()}
+            times = time_in_turn(steps, repeats, setup=clear)
+        median = {name: times[name]["median"] for name in steps}
+        median["total"] = statistics.median(map(sum, zip(*(times[name]["runs"] for name in STAGES))))
         naive_total = median["total"] - median["reconstructions"] + median["naive_reconstructions"]
         return {
             "grid": list(GRID),
@@ -166,11 +117,11 @@ def run(repeats: int) -> dict:
                 "overlap": inferer.overlap,
                 "sw_batch_size": inferer.sw_batch_size,
             },
-            "median_seconds": median,
+            "median_seconds": {name: median[name] for name in (*STAGES, "total", "naive_reconstructions")},
             "naive_pipeline_seconds": naive_total,
             "speedup_reconstructions": median["naive_reconstructions"] / median["reconstructions"],
             "speedup_pipeline": naive_total / median["total"],
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+            "peak_rss_gb": peak_rss_bytes() / 1e9,
             "repeats": repeats,
         }
 
@@ -206,23 +157,15 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the result to this JSON file")
     parser.add_argument("--markdown", type=Path, help="also write the per-stage table (Markdown) to this file")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     result = run(args.repeats)
-    m = result["median_seconds"]
-    print(f"grid {result['grid']} at 2 mm, {result['threads']} threads, weights: {result['weights']}")
-    for key in ("load_preprocess", "reconstructions", "postprocess", "invert_write", "total"):
-        print(f"  {key:<24}{m[key]:8.2f} s")
-    print(f"  naive reconstructions   {m['naive_reconstructions']:8.2f} s  (two MONAI VQVAEs, overlap 0.5)")
-    print(f"  naive pipeline          {result['naive_pipeline_seconds']:8.2f} s")
-    print(
-        f"speed-up: reconstructions x{result['speedup_reconstructions']:.2f}, "
-        f"pipeline x{result['speedup_pipeline']:.2f}"
-    )
-    print(f"peak RSS {result['peak_rss_gb']:.2f} GB")
+    print(f"grid {result['grid']} at 2 mm\n\n{markdown_table(result)}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=4) + "\n")
     if args.markdown:
         command = (
-            f"python scripts/benchmark_inference.py --repeats {args.repeats} --json {args.json} "
+            f"python -m scripts.benchmark_inference --repeats {args.repeats} --json {args.json} "
             f"--markdown {args.markdown}"
         )
         args.markdown.write_text(f"<!-- generated by: {command} -->\n\n{markdown_table(result)}")

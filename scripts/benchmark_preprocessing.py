@@ -3,13 +3,14 @@ DentalSegmentator label map.
 
 Writes a jaw-like int16 label map (default 600 x 600 x 416 voxels at 0.25 mm, the size of the paper's CBCTs: upper
 skull with sinuses, mandible with rami, 28 teeth, both canals) in each requested format, then, for each format and
-run, starts a fresh Python process that loads the file and applies the whole chain (LoadImaged -> ValidateLabelsd ->
-EnsureChannelFirstd -> Orientationd RAS -> Spacingd 2 mm nearest -> LabelToIntensityd) and reports the time of each
-step and its peak resident memory (VmHWM). Prints a Markdown table of medians over the runs; targets: under 10 s and
-under 3 GB per volume.
+run, starts a fresh Python process that loads the file and applies the whole chain of
+``configs/train.json#preprocessing`` (input size check -> LoadImaged -> ValidateLabelsd -> EnsureChannelFirstd ->
+Orientationd RAS -> Spacingd 2 mm nearest -> LabelToIntensityd) and reports the time of each step and its peak
+resident memory (VmHWM). Prints a Markdown table of medians over the runs; targets: under 10 s and under 3 GB per
+volume. From the bundle root:
 
-    python scripts/benchmark_preprocessing.py                      # .nii.gz, .nrrd, .mha; 3 runs each
-    python scripts/benchmark_preprocessing.py --formats nii.gz nii --runs 5 --workdir /tmp/bench --keep
+    python -m scripts.benchmark_preprocessing                      # .nii.gz, .nrrd, .mha; 3 runs each
+    python -m scripts.benchmark_preprocessing --formats nii.gz nii --runs 5 --workdir /tmp/bench --keep
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -26,8 +26,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from monai.transforms import LoadImaged
 
-ROOT = Path(__file__).resolve().parents[1]
+from scripts.benchmarking import ROOT, peak_rss_bytes, read_config
+
 TARGET_SECONDS = 10.0
 TARGET_GIB = 3.0
 FORMATS = ("nii.gz", "nii", "nrrd", "mha")
@@ -109,25 +111,9 @@ def write_label_map(labels: np.ndarray, spacing: float, path: Path) -> None:
     itk.imwrite(image, str(path), compression=True)
 
 
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory: VmHWM on Linux, ru_maxrss elsewhere."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return usage if sys.platform == "darwin" else usage * 1024
-
-
 def measure(path: Path) -> dict:
     """Run in a fresh process: time each transform of the shared preprocessing on ``path``."""
-    sys.path.insert(0, str(ROOT))
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "train.json"))
+    parser = read_config("train.json")
     chain = parser.get_parsed_content("preprocessing")
     key = parser.get_parsed_content("image_key")
     start = time.perf_counter()
@@ -140,13 +126,15 @@ def measure(path: Path) -> dict:
 
     reader_import = time.perf_counter() - start
     baseline = peak_rss_bytes()
-    data, steps = {key: str(path)}, {}
+    data, steps, load = {key: str(path)}, {}, 0.0
     for transform in chain:
         start = time.perf_counter()
         data = transform(data)
         steps[type(transform).__name__] = time.perf_counter() - start
+        load += steps[type(transform).__name__] if isinstance(transform, LoadImaged) else 0.0
     return {
         "seconds": sum(steps.values()),
+        "load_seconds": load,
         "reader_import_seconds": reader_import,
         "steps": steps,
         "peak_rss": peak_rss_bytes(),
@@ -158,7 +146,11 @@ def measure(path: Path) -> dict:
 def run_once(path: Path) -> dict:
     start = time.perf_counter()
     completed = subprocess.run(
-        [sys.executable, __file__, "--measure", str(path)], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "scripts.benchmark_preprocessing", "--measure", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if completed.returncode != 0:
         raise RuntimeError(f"{path}: measuring process failed:\n{completed.stderr.strip()}")
@@ -180,7 +172,7 @@ def table(rows: list[dict], runs: int) -> str:
             name: statistics.median(r[name] for r in results)
             for name in ("seconds", "reader_import_seconds", "process_seconds")
         }
-        load = statistics.median(r["steps"]["LoadImaged"] for r in results)
+        load = statistics.median(r["load_seconds"] for r in results)
         seconds = [r["seconds"] for r in results]
         peak = max(r["peak_rss"] for r in results) / gib
         met = median["seconds"] < TARGET_SECONDS and peak < TARGET_GIB
@@ -215,14 +207,14 @@ def main() -> int:
         print(json.dumps(measure(args.measure)))
         return 0
     if args.runs < 1 or min(args.shape) < 1 or args.spacing <= 0:
-        print("benchmark_preprocessing.py: --runs, --shape and --spacing must be positive", file=sys.stderr)
+        print("benchmark_preprocessing: --runs, --shape and --spacing must be positive", file=sys.stderr)
         return 2
     if args.keep and args.workdir is None:
-        print("benchmark_preprocessing.py: --keep needs --workdir", file=sys.stderr)
+        print("benchmark_preprocessing: --keep needs --workdir", file=sys.stderr)
         return 2
 
     if args.workdir is not None and any((args.workdir / f"synthetic_jaw.{suffix}").exists() for suffix in FORMATS):
-        print(f"benchmark_preprocessing.py: {args.workdir} already holds synthetic_jaw.* files", file=sys.stderr)
+        print(f"benchmark_preprocessing: {args.workdir} already holds synthetic_jaw.* files", file=sys.stderr)
         return 2
     folder = args.workdir or Path(tempfile.mkdtemp(prefix="benchmark_preprocessing_"))
     folder.mkdir(parents=True, exist_ok=True)

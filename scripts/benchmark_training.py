@@ -1,19 +1,21 @@
 """Training-speed benchmark: one VQ-GAN iteration (generator step, then discriminator step) against two ceilings.
 
 Measures, in one run and interleaved (so that load from other processes hits every line alike):
-- the bundle's iteration, ``bundle.gan_step.gan_training_step`` with the bundle's generator and discriminator
-  (``configs/inference.json#generator_def``, ``configs/train.json`` discriminator settings, unless overridden);
-- a peer: MONAI's ``VQVAE`` + ``PatchDiscriminator`` of the same widths, trained by a plain PyTorch step that gets
-  the adaptive weight from two full extra backward passes;
+- the bundle's iteration, ``bundle.gan_step.gan_training_step`` with the generator, discriminator and optimisers of
+  ``configs/train.json`` (``network``, ``discriminator``, ``generator_optimizer``, ``discriminator_optimizer``, read
+  through MONAI's ``ConfigParser``; the command-line options override the widths);
+- the same networks trained by a plain PyTorch step that gets the adaptive weight from two full extra backward passes;
+- a peer: MONAI's ``VQVAE`` (``scripts.benchmarking.peer_vqvae``: the generator's widths below full resolution) and
+  the configured ``PatchDiscriminator`` in its default layout, trained by the same plain step;
 - a float32 matmul ceiling (large ``torch.mm``) and a convolution ceiling (a large channels-last 3x3x3 ``conv3d``);
-- optionally, inference time of the two-encoder anomaly detector on a 90 x 90 x 83 volume (sliding window).
+- optionally, inference of one 90 x 90 x 83 volume through ``configs/inference.json``'s ``network`` (the two-encoder
+  anomaly detector of the same generator) and ``inferer``.
 
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` over one iteration (matmuls and convolutions, forward
-and backward). Times are the best of ``--iterations`` runs after ``--warmup`` runs.
+and backward). Times are the best of ``--iterations`` runs after ``--warmup`` runs. From the bundle root:
 
-Example:
-    python scripts/benchmark_training.py                      # CPU, batch 2, 64^3, float32
-    python scripts/benchmark_training.py --device cuda --amp bf16 --compile
+    python -m scripts.benchmark_training                      # CPU, batch 2, 64^3, float32
+    python -m scripts.benchmark_training --device cuda --amp bf16 --compile
 """
 
 from __future__ import annotations
@@ -24,24 +26,16 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from monai.inferers import SlidingWindowInferer
-from monai.networks.nets import VQVAE, PatchDiscriminator
-from monai.utils import ensure_tuple_rep
+from monai.bundle import ConfigParser
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bundle.gan_step import gan_training_step  # noqa: E402
-from bundle.networks import AnomalyDetector, VQGANGenerator  # noqa: E402
-
-BUNDLE_ROOT = Path(__file__).resolve().parents[1]
-FALLBACK_GENERATOR = {"channels": [16, 32, 64], "num_res_blocks": 1, "num_embeddings": 256, "embedding_dim": 32}
+from bundle.gan_step import gan_training_step
+from scripts.benchmarking import GRID, peer_vqvae, read_config, resolved_arguments, time_in_turn
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,7 +46,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=2, help="batch size (default: 2)")
     parser.add_argument("--size", type=int, default=64, help="cubic crop edge in voxels (default: 64)")
     parser.add_argument(
-        "--channels", type=int, nargs="+", help="generator widths, overriding configs/inference.json#generator_def"
+        "--channels",
+        type=int,
+        nargs="+",
+        help="generator widths (default: configs/train.json#network_def, the same as inference.json's generator_def)",
     )
     parser.add_argument(
         "--num-res-blocks", type=int, nargs="+", help="residual blocks per level (default: config; 1 with --channels)"
@@ -75,32 +72,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_architecture(args: argparse.Namespace) -> tuple[dict, int, int]:
-    """Generator keyword arguments and discriminator (channels, layers): the bundle's configs, then CLI overrides."""
-    generator_kwargs = dict(FALLBACK_GENERATOR)
-    inference, train = BUNDLE_ROOT / "configs" / "inference.json", BUNDLE_ROOT / "configs" / "train.json"
-    if inference.is_file():
-        definition = json.loads(inference.read_text()).get("generator_def", {})
-        generator_kwargs.update({k: v for k, v in definition.items() if not k.startswith("_")})
-    disc_channels, disc_layers = 64, 3
-    if train.is_file():
-        train_config = json.loads(train.read_text())
-        disc_channels = train_config.get("discriminator_channels", disc_channels)
-        disc_layers = train_config.get("discriminator_layers", disc_layers)
-    if args.channels:
-        generator_kwargs["channels"] = args.channels
-        generator_kwargs["num_res_blocks"] = args.num_res_blocks or 1
-    elif args.num_res_blocks:
-        generator_kwargs["num_res_blocks"] = args.num_res_blocks
-    for key, value in generator_kwargs.items():
-        if isinstance(value, str) and value[:1] in "@$%":
-            raise ValueError(f"{inference}: generator_def#{key} is an expression ({value}); the benchmark needs values")
-    return generator_kwargs, args.discriminator_channels or disc_channels, args.discriminator_layers or disc_layers
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def read_configs(args: argparse.Namespace) -> tuple[ConfigParser, ConfigParser]:
+    """``configs/train.json`` and ``configs/inference.json`` on ``--device``, with the command-line widths."""
+    device = f"$torch.device('{args.device}')"
+    train, inference = read_config("train.json", device=device), read_config("inference.json", device=device)
+    for parser, generator in ((train, "network_def"), (inference, "generator_def")):
+        if args.channels:
+            parser[f"{generator}#channels"] = args.channels
+            parser[f"{generator}#num_res_blocks"] = args.num_res_blocks or 1
+        elif args.num_res_blocks:
+            parser[f"{generator}#num_res_blocks"] = args.num_res_blocks
+    if args.discriminator_channels:
+        train["discriminator_channels"] = args.discriminator_channels
+    if args.discriminator_layers:
+        train["discriminator_layers"] = args.discriminator_layers
+    return train, inference
 
 
 def count_flops(step: Callable[[], object]) -> int:
@@ -128,54 +114,42 @@ def conv_ceiling(device: torch.device, dtype: torch.dtype) -> tuple[Callable[[],
     return run, count_flops(run)
 
 
-def maybe_compile(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+def maybe_compile(module: torch.nn.Module, enabled: bool) -> None:
     if enabled:
         module.compile()  # in place: parameter names and state_dict keys stay as they are
-    return module
 
 
-def make_discriminator(channels: int, layers: int, device: torch.device, channels_last: bool) -> PatchDiscriminator:
-    discriminator = PatchDiscriminator(
-        spatial_dims=3, in_channels=1, out_channels=1, channels=channels, num_layers_d=layers
-    )
-    return discriminator.to(device, memory_format=torch.channels_last_3d if channels_last else torch.preserve_format)
+def bundle_training(train: ConfigParser, compile_: bool) -> tuple:
+    """Fresh generator (train mode), channels-last discriminator and optimisers as ``configs/train.json`` makes them."""
+    train.parse(reset=True)
+    generator, discriminator = train.get_parsed_content("network").train(), train.get_parsed_content("discriminator")
+    for module in (generator.encoder, generator.decoder, discriminator):
+        maybe_compile(module, compile_)
+    optimizers = train.get_parsed_content("generator_optimizer"), train.get_parsed_content("discriminator_optimizer")
+    return generator, discriminator, *optimizers
 
 
-def bundle_networks(args, device, generator_kwargs, disc_channels, disc_layers):
-    """The bundle's generator and channels-last discriminator, in train mode, compiled when ``--compile`` asks."""
-    generator = VQGANGenerator(**generator_kwargs).to(device).train()
-    discriminator = make_discriminator(disc_channels, disc_layers, device, channels_last=True)
-    maybe_compile(generator.encoder, args.compile)
-    maybe_compile(generator.decoder, args.compile)
-    maybe_compile(discriminator, args.compile)
-    return generator, discriminator
-
-
-def bundle_step(args, device, generator_kwargs, disc_channels, disc_layers, autocast_dtype):
-    """The bundle's iteration as the trainer runs it (discriminator weights channels-last, like the generator's)."""
-    generator, discriminator = bundle_networks(args, device, generator_kwargs, disc_channels, disc_layers)
-    optimizer_g = torch.optim.Adam(generator.parameters(), lr=3e-4)
-    optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=3e-4)
-    images = torch.rand(args.batch, 1, args.size, args.size, args.size, device=device)
+def bundle_step(train: ConfigParser, compile_: bool, images: torch.Tensor, autocast_dtype) -> Callable[[], object]:
+    """The bundle's iteration as the trainer runs it."""
+    generator, discriminator, optimizer_g, optimizer_d = bundle_training(train, compile_)
 
     def step() -> object:
         return gan_training_step(
             generator, discriminator, optimizer_g, optimizer_d, images, images, autocast_dtype=autocast_dtype
         )
 
-    return step, generator
+    return step
 
 
-def plain_step(model, forward, last_weight, discriminator, device, images, autocast_dtype):
+def plain_step(forward, last_weight, discriminator, optimizer_g, optimizer_d, images, autocast_dtype):
     """A textbook VQ-GAN iteration: the adaptive weight from two extra full backward passes, D run three times."""
 
     def bce(logits: torch.Tensor, real: bool) -> torch.Tensor:
         logits = logits.float()
         return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, float(real)))
 
-    optimizer_g = torch.optim.Adam(model.parameters(), lr=3e-4)
-    optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=3e-4)
-    autocast = torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None)
+    device_type = images.device.type
+    autocast = torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None)
 
     def step() -> object:
         optimizer_g.zero_grad()
@@ -205,78 +179,42 @@ def plain_step(model, forward, last_weight, discriminator, device, images, autoc
     return step
 
 
-def peer_step(args, device, generator_kwargs, disc_channels, disc_layers, autocast_dtype):
-    """MONAI VQVAE + PatchDiscriminator in their default layout, trained by ``plain_step``.
-
-    VQVAE downsamples once per entry of ``channels``; it gets the bundle's widths below full resolution so that
-    its latent grid matches the bundle's (downsample factor ``stem_stride * 2 ** (len(channels) - 1)``).
-    """
-    channels = tuple(generator_kwargs["channels"])
-    widths = channels if generator_kwargs.get("stem_stride", 2) == 2 else channels[1:] or channels
-    levels = len(widths)
-    res_blocks = ensure_tuple_rep(generator_kwargs.get("num_res_blocks", 1), len(channels))
-    res_layers = max(1, *res_blocks[len(channels) - levels :])
-    vqvae = VQVAE(
-        spatial_dims=3,
-        in_channels=1,
-        out_channels=1,
-        channels=widths,
-        num_res_layers=res_layers,
-        num_res_channels=widths,
-        downsample_parameters=((2, 4, 1, 1),) * levels,
-        upsample_parameters=((2, 4, 1, 1, 0),) * levels,
-        num_embeddings=generator_kwargs["num_embeddings"],
-        embedding_dim=generator_kwargs["embedding_dim"],
-    ).to(device)
-    discriminator = make_discriminator(disc_channels, disc_layers, device, channels_last=False)
-    maybe_compile(vqvae, args.compile)
-    maybe_compile(discriminator, args.compile)
-    last_weight = [p for p in vqvae.decoder.parameters() if p.dim() == 5][-1]
-    images = torch.rand(args.batch, 1, args.size, args.size, args.size, device=device)
-    return plain_step(vqvae, vqvae, last_weight, discriminator, device, images, autocast_dtype)
-
-
-def naive_bundle_step(args, device, generator_kwargs, disc_channels, disc_layers, autocast_dtype):
-    """The bundle's own networks trained by ``plain_step``: isolates what ``gan_training_step`` saves."""
-    generator, discriminator = bundle_networks(args, device, generator_kwargs, disc_channels, disc_layers)
-    images = torch.rand(args.batch, 1, args.size, args.size, args.size, device=device)
+def naive_bundle_step(train: ConfigParser, compile_: bool, images: torch.Tensor, autocast_dtype):
+    """The bundle's own networks and optimisers trained by ``plain_step``: isolates what ``gan_training_step`` saves."""
+    generator, discriminator, optimizer_g, optimizer_d = bundle_training(train, compile_)
 
     def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return generator.reconstruct(x)[:2]
 
-    return plain_step(generator, forward, generator.last_layer_weight, discriminator, device, images, autocast_dtype)
+    last_weight = generator.last_layer_weight
+    return plain_step(forward, last_weight, discriminator, optimizer_g, optimizer_d, images, autocast_dtype)
 
 
-def inference_run(generator: VQGANGenerator, device, autocast_dtype, size: int):
-    """Anomaly map of one 90 x 90 x 83 volume with 64^3 sliding windows (overlap 0.25), as the bundle infers."""
-    detector = AnomalyDetector(generator).to(device).eval()
-    inferer = SlidingWindowInferer(roi_size=(size,) * 3, sw_batch_size=4, overlap=0.25, mode="gaussian")
-    volume = torch.rand(1, 1, 90, 90, 83, device=device)
+def peer_step(train: ConfigParser, compile_: bool, images: torch.Tensor, autocast_dtype):
+    """MONAI ``VQVAE`` (``peer_vqvae``) + the configured ``PatchDiscriminator``, default layout, plain Adam, trained
+    by ``plain_step``."""
+    train.parse(reset=True)
+    vqvae = peer_vqvae(resolved_arguments(train, "network_def")).to(images.device)
+    discriminator = train.get_parsed_content("discriminator_def").to(images.device)
+    for module in (vqvae, discriminator):
+        maybe_compile(module, compile_)
+    last_weight = [p for p in vqvae.decoder.parameters() if p.dim() == 5][-1]
+    optimizers = torch.optim.Adam(vqvae.parameters(), lr=3e-4), torch.optim.Adam(discriminator.parameters(), lr=3e-4)
+    return plain_step(vqvae, last_weight, discriminator, *optimizers, images, autocast_dtype)
+
+
+def inference_run(inference: ConfigParser, device: torch.device, autocast_dtype) -> Callable[[], object]:
+    """One 90 x 90 x 83 volume through ``configs/inference.json``'s ``network`` and ``inferer`` (random weights)."""
+    network, inferer = inference.get_parsed_content("network").eval(), inference.get_parsed_content("inferer")
+    volume = torch.rand(1, 1, *GRID, device=device)
     autocast = torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None)
 
     @torch.no_grad()
     def run() -> object:
         with autocast:
-            return inferer(volume, detector)
+            return inferer(volume, network)
 
     return run
-
-
-def time_interleaved(measurements: dict[str, Callable[[], object]], device, warmup: int, iterations: int):
-    """Best wall time of each measurement, taking them in turn so that background load spreads over all."""
-    for run in measurements.values():
-        for _ in range(warmup):
-            run()
-    synchronize(device)
-    best = {name: float("inf") for name in measurements}
-    for _ in range(iterations):
-        for name, run in measurements.items():
-            synchronize(device)
-            start = time.perf_counter()
-            run()
-            synchronize(device)
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def describe_machine(device: torch.device) -> str:
@@ -302,9 +240,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     autocast_dtype = torch.bfloat16 if args.amp == "bf16" else None
-    generator_kwargs, disc_channels, disc_layers = load_architecture(args)
+    train, inference = read_configs(args)
+    images = torch.rand(args.batch, 1, args.size, args.size, args.size, device=device)
 
-    ours, generator = bundle_step(args, device, generator_kwargs, disc_channels, disc_layers, autocast_dtype)
+    ours = bundle_step(train, args.compile, images, autocast_dtype)
     mm, mm_flops = matmul_ceiling(device, autocast_dtype or torch.float32)
     conv, conv_flops = conv_ceiling(device, autocast_dtype or torch.float32)
     measurements = {"matmul": mm, "conv": conv, "ours": ours}
@@ -313,13 +252,15 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     flops["ours"] = count_flops(ours)
     if not args.no_peer:
         for name, make in (("naive", naive_bundle_step), ("peer", peer_step)):
-            run = make(args, device, generator_kwargs, disc_channels, disc_layers, autocast_dtype)
+            run = make(train, args.compile, images, autocast_dtype)
             run()
             flops[name] = count_flops(run)
             measurements[name] = run
     if not args.no_inference:
-        measurements["inference"] = inference_run(generator, device, autocast_dtype, args.size)
-    seconds = time_interleaved(measurements, device, args.warmup, args.iterations)
+        measurements["inference"] = inference_run(inference, device, autocast_dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    times = time_in_turn(measurements, args.iterations, args.warmup, synchronize=sync)
+    seconds = {name: timing["min"] for name, timing in times.items()}
 
     gflops = {name: flops[name] / seconds[name] / 1e9 for name in flops}
     result = {
@@ -329,8 +270,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "compile": args.compile,
         "batch": args.batch,
         "size": args.size,
-        "generator": generator_kwargs,
-        "discriminator": {"channels": disc_channels, "num_layers_d": disc_layers},
+        "generator": resolved_arguments(train, "network_def"),
+        "discriminator": resolved_arguments(train, "discriminator_def"),
         "seconds": seconds,
         "gflop": {name: value / 1e9 for name, value in flops.items()},
         "gflops_per_s": gflops,
@@ -353,7 +294,7 @@ def format_table(result: dict) -> str:
         "ours": "bundle: gan_training_step",
         "naive": "bundle networks, plain step",
         "peer": "peer: MONAI VQVAE + PatchGAN, plain step",
-        "inference": "inference 90x90x83 (AnomalyDetector, SW 64^3)",
+        "inference": "inference 90x90x83 (configs/inference.json)",
     }
     lines = [
         f"machine: {result['machine']}; torch {result['torch']}; {result['dtype']}; compile={result['compile']}",

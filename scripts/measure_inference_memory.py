@@ -3,28 +3,35 @@
 Writes the synthetic DentalSegmentator-like map of scripts/benchmark_preprocessing.py (default 600 x 600 x 416 voxels
 at 0.25 mm, the paper's CBCT size) into a temporary folder, runs ``python -m monai.bundle run --config_file
 configs/inference.json`` on it in a child process (overview figure off) and reports the child's peak resident set
-size (``getrusage(RUSAGE_CHILDREN)``, so Python, torch and MONAI are included) and wall time, as a Markdown row
-that also names the code measured (the bundle's commit).
+size (its own ``VmHWM``, so Python, torch and MONAI are included; Linux) and wall time, as a Markdown row
+that also names the code measured (the bundle's commit). From the bundle root:
 
-    python scripts/measure_inference_memory.py [--shape 600 600 416] [--spacing 0.25] [--markdown docs/memory.md]
-    python scripts/measure_inference_memory.py --shape 600 600 832   # about max_input_voxels, the largest accepted
+    python -m scripts.measure_inference_memory [--shape 600 600 416] [--spacing 0.25] [--markdown docs/memory.md]
+    python -m scripts.measure_inference_memory --shape 600 600 832   # about max_input_voxels, the largest accepted
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+from scripts.benchmark_preprocessing import synthetic_jaw, write_label_map
+from scripts.benchmarking import ROOT
 
-from benchmark_preprocessing import synthetic_jaw, write_label_map  # noqa: E402
+# ``python -m monai.bundle`` that reports its own peak resident memory (VmHWM, Linux) last on stderr. The child's
+# ``getrusage`` figures would not do: a process started by ``subprocess`` (vfork) starts from its parent's peak, and
+# the parent has held the whole synthetic map.
+CHILD = """import runpy, sys
+try:
+    runpy.run_module("monai.bundle", run_name="__main__")
+finally:
+    print(next(line for line in open("/proc/self/status") if line.startswith("VmHWM:")), file=sys.stderr)
+"""
 
 
 def measure(shape: tuple[int, int, int], spacing: float) -> dict:
@@ -33,8 +40,8 @@ def measure(shape: tuple[int, int, int], spacing: float) -> dict:
         write_label_map(synthetic_jaw(shape, spacing), spacing, path)
         command = [
             sys.executable,
-            "-m",
-            "monai.bundle",
+            "-c",
+            CHILD,
             "run",
             "--config_file",
             str(ROOT / "configs" / "inference.json"),
@@ -52,7 +59,7 @@ def measure(shape: tuple[int, int, int], spacing: float) -> dict:
         seconds = time.perf_counter() - start
         if result.returncode != 0:
             raise RuntimeError(f"inference failed:\n{result.stderr[-3000:]}")
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    peak_kb = int(result.stderr.rsplit("VmHWM:", 1)[1].split()[0])
     return {
         "shape": list(shape),
         "spacing_mm": spacing,

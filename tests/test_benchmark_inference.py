@@ -1,12 +1,6 @@
 """The inference benchmark's Markdown table: every stage and the speed-ups of the result it is given."""
 
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from benchmark_inference import markdown_table  # noqa: E402
+from scripts.benchmark_inference import markdown_table
 
 
 def test_table_lists_every_stage_and_the_speedups():

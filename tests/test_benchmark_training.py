@@ -1,4 +1,4 @@
-"""Smoke test of scripts/benchmark_training.py on a tiny problem: the table, the JSON and the error exit."""
+"""Smoke test of ``python -m scripts.benchmark_training`` on a tiny problem: the table, the JSON and the error exit."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_training.py"
+ROOT = Path(__file__).resolve().parents[1]
+COMMAND = [sys.executable, "-m", "scripts.benchmark_training"]
 TINY = ["--size", "16", "--channels", "4", "8", "--discriminator-channels", "4", "--discriminator-layers", "2"]
 TINY += ["--iterations", "1", "--warmup", "0", "--threads", "1"]
 
@@ -17,9 +18,7 @@ TINY += ["--iterations", "1", "--warmup", "0", "--threads", "1"]
 @pytest.mark.slow
 def test_benchmark_runs_and_reports(tmp_path):
     out = tmp_path / "bench.json"
-    run = subprocess.run(
-        [sys.executable, str(SCRIPT), *TINY, "--json", str(out)], capture_output=True, text=True, timeout=300
-    )
+    run = subprocess.run([*COMMAND, *TINY, "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "bundle: gan_training_step" in run.stdout and "speed-up over the peer" in run.stdout
     result = json.loads(out.read_text())
@@ -33,7 +32,8 @@ def test_benchmark_refuses_to_overwrite(tmp_path):
     out = tmp_path / "bench.json"
     out.write_text("keep me")
     run = subprocess.run(
-        [sys.executable, str(SCRIPT), *TINY, "--no-peer", "--no-inference", "--json", str(out)],
+        [*COMMAND, *TINY, "--no-peer", "--no-inference", "--json", str(out)],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,

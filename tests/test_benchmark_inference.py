@@ -1,6 +1,10 @@
-"""The inference benchmark's Markdown table: every stage and the speed-ups of the result it is given."""
+"""The inference benchmark: its Markdown table, and the scan it writes at a finer spacing."""
 
-from scripts.benchmark_inference import markdown_table
+import nibabel as nib
+import numpy as np
+import pytest
+
+from scripts.benchmark_inference import markdown_table, write_scan
 
 
 def test_table_lists_every_stage_and_the_speedups():
@@ -26,3 +30,20 @@ def test_table_lists_every_stage_and_the_speedups():
     assert "| both reconstructions (windows of 48^3, overlap 0.125) | 1.50 |" in table
     assert "| naive peer, whole pipeline | 5.00 |" in table
     assert "reconstructions x3.00, whole pipeline x2.50" in table
+
+
+def test_scan_at_a_finer_spacing_repeats_each_voxel_over_the_same_field_of_view(tmp_path):
+    (tmp_path / "coarse").mkdir()
+    (tmp_path / "fine").mkdir()
+    coarse = nib.load(write_scan(tmp_path / "coarse", 2.0))
+    fine = nib.load(write_scan(tmp_path / "fine", 1.0))
+    assert fine.shape == tuple(2 * s for s in coarse.shape)
+    np.testing.assert_array_equal(np.asarray(fine.dataobj)[::2, ::2, ::2], np.asarray(coarse.dataobj))
+
+    def corners(image):  # world positions of the outer voxel corners
+        low, high = np.full(3, -0.5), np.array(image.shape) - 0.5
+        return nib.affines.apply_affine(image.affine, np.stack([low, high]))
+
+    np.testing.assert_allclose(corners(fine), corners(coarse), atol=1e-6)
+    with pytest.raises(ValueError, match="whole number"):
+        write_scan(tmp_path, 0.3)

@@ -3,10 +3,12 @@
 The scan is a bank phantom (``jaw_phantoms``, held-out mandible, whole-face field of view) with a simulated ONJ
 lesion on a 90 x 90 x 83 grid at 2 mm (the size real_anatomy.md gives for a real DentalSegmentator map resampled to
 2 mm). Stages, as the bundle runs them:
-  load + preprocess -> both reconstructions (sliding window) -> post-processing (regions) -> invert + write (NIfTI,
-  STL, report; the overview figure is off, it is not part of the per-scan work a deployment needs).
+  load + preprocess -> both reconstructions (sliding window) -> post-processing (regions) -> back to the input's grid
+  -> write (NIfTI, .seg.nrrd, STL, report; the overview figure is off, it is not part of the per-scan work a
+  deployment needs).
 The architecture and the inferer come from the configs (``configs/inference.json``: ``generator_def``,
-``inferer``, ``preprocessing``, ``segmentation_steps``, ``output_steps``) through MONAI's ``ConfigParser``.
+``inferer``, ``preprocessing``, ``segmentation_steps``, ``inversion_steps``, ``writing_steps``) through MONAI's
+``ConfigParser``.
 Naive peer, in the same run (``scripts.benchmarking.naive_peer``): two separate MONAI ``VQVAE`` networks with the
 generator's widths below full resolution (same latent grid), each through MONAI's ``SlidingWindowInferer`` with
 method.md's 64^3 windows at overlap 0.5, and the squared difference of their outputs. Stages and peer run in turn
@@ -77,7 +79,7 @@ def weights_for(network: torch.nn.Module, folder: Path) -> tuple[Path, str]:
     return path, "random weights of the configured architecture (models/model.pt absent or of another architecture)"
 
 
-STAGES = ("load_preprocess", "reconstructions", "postprocess", "invert_write")
+STAGES = ("load_preprocess", "reconstructions", "postprocess", "invert", "write")
 
 
 def run(repeats: int, input_spacing: float = 2.0) -> dict:
@@ -95,7 +97,8 @@ def run(repeats: int, input_spacing: float = 2.0) -> dict:
         preprocessing = parser.get_parsed_content("preprocessing")
         inferer = parser.get_parsed_content("inferer")
         regions = Compose(parser.get_parsed_content("segmentation_steps"))
-        writing = Compose(parser.get_parsed_content("output_steps"))
+        inversion = Compose(parser.get_parsed_content("inversion_steps"))
+        writing = Compose(parser.get_parsed_content("writing_steps"))
         peer = naive_peer(resolved_arguments(parser, "generator_def"), inferer.sw_batch_size)
 
         item: dict = {}
@@ -103,7 +106,8 @@ def run(repeats: int, input_spacing: float = 2.0) -> dict:
             "load_preprocess": lambda: item.update(preprocessing({"image": str(scan)})),
             "reconstructions": lambda: item.update(pred=inferer(item["image"].unsqueeze(0), network)[0]),
             "postprocess": lambda: item.update(regions(item)),
-            "invert_write": lambda: writing(item),
+            "invert": lambda: item.update(inversion(item)),
+            "write": lambda: writing(item),
             "naive_reconstructions": lambda: peer(item["image"].unsqueeze(0)),
         }
 
@@ -147,7 +151,8 @@ def markdown_table(result: dict) -> str:
             m["reconstructions"],
         ),
         ("post-processing to regions", m["postprocess"]),
-        ("invert to the input grid + write NIfTI, STL, report", m["invert_write"]),
+        ("back to the input's grid", m["invert"]),
+        ("write NIfTI, .seg.nrrd, STL, report", m["write"]),
         ("**total**", m["total"]),
         ("naive peer, reconstructions only (64^3 windows, overlap 0.5)", m["naive_reconstructions"]),
         ("naive peer, whole pipeline", result["naive_pipeline_seconds"]),

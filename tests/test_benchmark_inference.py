@@ -13,7 +13,8 @@ def test_table_lists_every_stage_and_the_speedups():
             "load_preprocess": 0.05,
             "reconstructions": 1.5,
             "postprocess": 0.25,
-            "invert_write": 0.2,
+            "invert": 0.15,
+            "write": 0.05,
             "total": 2.0,
             "naive_reconstructions": 4.5,
         },
@@ -29,6 +30,7 @@ def test_table_lists_every_stage_and_the_speedups():
     table = markdown_table(result)
     assert "| both reconstructions (windows of 48^3, overlap 0.125) | 1.50 |" in table
     assert "| naive peer, whole pipeline | 5.00 |" in table
+    assert "| back to the input's grid | 0.15 |" in table and "| write NIfTI, .seg.nrrd, STL, report | 0.05 |" in table
     assert "reconstructions x3.00, whole pipeline x2.50" in table
 
 

@@ -305,7 +305,7 @@ def test_false_typed_on_the_command_line_means_false(typed, tmp_path):
     parser.read_config(str(ROOT / "configs" / "inference.json"))
     switches = {"overwrite": typed, "write_figure": typed, "write_slicer_segmentation": typed}
     parser.update({"bundle_root": str(ROOT), "output_dir": str(taken), **switches})
-    writer = parser.get_parsed_content("output_steps#3")
+    writer = parser.get_parsed_content("writing_steps#0")
     assert isinstance(writer, WriteCaseOutputsd)
     assert (writer.overwrite, writer.figure, writer.slicer_segmentation) == (False, False, False)
     with pytest.raises(RuntimeError) as refused:  # MONAI wraps the component's error

@@ -134,18 +134,23 @@ def inference_command(weights: Path, output_dir: Path, *overrides: str) -> list[
     ]
 
 
-@pytest.fixture(scope="session")
-def inference_cases(tmp_path_factory) -> Path:
-    """``datalist.json`` whose ``test`` list holds ``CASES``: a jaw-like label map at 0.6 x 0.6 x 0.8 mm with flipped
-    (LPS) axes and a tilt, shifted by 3 voxels from one case to the next so that each case has its own outputs."""
-    folder = tmp_path_factory.mktemp("inference_cases")
+def jaw_label_map() -> tuple[np.ndarray, np.ndarray]:
+    """(labels, affine): a jaw-like DentalSegmentator map at 0.6 x 0.6 x 0.8 mm with flipped (LPS) axes and a tilt."""
     labels = np.zeros((110, 100, 70), np.int16)
     labels[10:100, 10:90, 40:70] = 1
     labels[20:90, 20:40, 5:30] = 2
     labels[30:80, 22:30, 28:40] = 4
     labels[30:80, 22:30, 40:50] = 3
     labels[25:85, 28:31, 10:13] = 5
-    affine = np.array([[-0.6, 0.05, 0, 60], [0, -0.6, 0, 50], [0, 0, 0.8, -20], [0, 0, 0, 1]], float)
+    return labels, np.array([[-0.6, 0.05, 0, 60], [0, -0.6, 0, 50], [0, 0, 0.8, -20], [0, 0, 0, 1]], float)
+
+
+@pytest.fixture(scope="session")
+def inference_cases(tmp_path_factory) -> Path:
+    """``datalist.json`` whose ``test`` list holds ``CASES``: a jaw-like label map at 0.6 x 0.6 x 0.8 mm with flipped
+    (LPS) axes and a tilt, shifted by 3 voxels from one case to the next so that each case has its own outputs."""
+    folder = tmp_path_factory.mktemp("inference_cases")
+    labels, affine = jaw_label_map()
     for shift, case in enumerate(CASES):
         nib.save(nib.Nifti1Image(np.roll(labels, 3 * shift, axis=0), affine), folder / f"{case}.nii.gz")
     datalist = folder / "datalist.json"

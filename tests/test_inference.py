@@ -16,7 +16,7 @@ from monai.bundle import ConfigWorkflow
 from monai.transforms import LoadImage
 
 from jaw_phantoms.writing import make_phantom_set
-from tests.conftest import INFERENCE_GENERATOR
+from tests.conftest import INFERENCE_GENERATOR, jaw_label_map
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_GENERATOR = json.dumps(INFERENCE_GENERATOR)
@@ -25,13 +25,7 @@ TINY_GENERATOR = json.dumps(INFERENCE_GENERATOR)
 @pytest.fixture(scope="module")
 def label_map(tmp_path_factory) -> Path:
     """A jaw-like label map at 0.6 x 0.6 x 0.8 mm with flipped (LPS) axes and a tilt."""
-    labels = np.zeros((110, 100, 70), np.int16)
-    labels[10:100, 10:90, 40:70] = 1
-    labels[20:90, 20:40, 5:30] = 2
-    labels[30:80, 22:30, 28:40] = 4
-    labels[30:80, 22:30, 40:50] = 3
-    labels[25:85, 28:31, 10:13] = 5
-    affine = np.array([[-0.6, 0.05, 0, 60], [0, -0.6, 0, 50], [0, 0, 0.8, -20], [0, 0, 0, 1]], float)
+    labels, affine = jaw_label_map()
     path = tmp_path_factory.mktemp("input") / "jaw_case.nii.gz"
     nib.save(nib.Nifti1Image(labels, affine), path)
     return path

@@ -8,8 +8,11 @@ every output voxel (28 bytes per voxel, both alive together), and the result is 
 spatial axis) at a time, with MONAI's own arithmetic: the same normalised affine (``to_norm_affine``), the same base
 grid values as ``affine_grid``, the same ``grid_sample`` call, so that every voxel is bit-identical to MONAI's
 result; each slab is cast to the output dtype as it is made, so that a label map exists at full resolution only
-once, as uint8 for instance. :class:`SlabwiseInvert` / :class:`SlabwiseInvertd` are MONAI's ``Invert`` / ``Invertd``
-with that resampling for ``Spacingd``; every other step (``Orientationd``, ...) is undone by MONAI itself.
+once, as uint8 for instance. With nearest interpolation only the output box that can see a nonzero source voxel
+is sampled (:func:`nonzero_output_box`), the rest is zero: a few wound regions go back to a 0.25 mm grid in the
+time of their bounding box, not of the scan. :class:`SlabwiseInvert` / :class:`SlabwiseInvertd` are MONAI's
+``Invert`` / ``Invertd`` with that resampling for ``Spacingd``; every other step (``Orientationd``, ...) is undone by
+MONAI itself.
 """
 
 from __future__ import annotations
@@ -63,6 +66,42 @@ def _check_range(values: torch.Tensor, dtype: torch.dtype, name: str) -> None:
         raise ValueError(
             f"{name}: values {low:g}..{high:g} do not fit {str(dtype)[6:]} (integers {info.min}..{info.max})"
         )
+
+
+def nonzero_output_box(
+    src: torch.Tensor, xform: torch.Tensor, out_size: Sequence[int], padding_mode: str
+) -> tuple[slice, slice, slice] | None:
+    """The output voxels that nearest-neighbour sampling can take from a nonzero voxel of ``src``.
+
+    Args:
+        src: (C, X, Y, Z) source values.
+        xform: 4x4 output voxel index -> source voxel index (``SpatialResample``'s ``xform``).
+        out_size: the output's (X', Y', Z').
+        padding_mode: ``grid_sample``'s; with ``"border"`` an output voxel outside the source takes an edge voxel.
+
+    Returns one slice per output axis, the box of output voxels whose nearest source voxel may be nonzero (every
+    voxel outside it samples a zero voxel or zero padding), an empty box when ``src`` is all zero, or None when the
+    box cannot be bounded: nonzero voxels on the source's edge, with a padding that repeats the edge.
+    """
+    nonzero = src.ne(0).any(dim=0)
+    if not bool(nonzero.any()):
+        return (slice(0, 0),) * 3
+    low, high = [], []
+    for axis in range(3):
+        present = torch.nonzero(nonzero.any(dim=tuple(a for a in range(3) if a != axis))).flatten()
+        low.append(int(present[0]))
+        high.append(int(present[-1]))
+    on_edge = any(lo == 0 or hi == size - 1 for lo, hi, size in zip(low, high, nonzero.shape))
+    if on_edge and padding_mode != "zeros":
+        return None
+    # nearest sampling takes voxel i for source coordinates in [i - 0.5, i + 0.5]: the source box's corners, mapped
+    # back to output indices, bound every output voxel that reaches it; one voxel of margin absorbs rounding
+    corners = np.stack(np.meshgrid(*zip(np.array(low) - 0.5, np.array(high) + 0.5), indexing="ij"), -1).reshape(-1, 3)
+    inverse = np.linalg.inv(convert_to_numpy(xform).astype(np.float64))
+    mapped = corners @ inverse[:3, :3].T + inverse[:3, 3]
+    start = np.maximum(np.floor(mapped.min(axis=0)).astype(int) - 1, 0)
+    stop = np.minimum(np.ceil(mapped.max(axis=0)).astype(int) + 2, np.asarray(out_size, dtype=int))
+    return tuple(slice(int(a), int(max(a, b))) for a, b in zip(start, stop))
 
 
 def resample_slabwise(
@@ -127,19 +166,30 @@ def resample_slabwise(
     # affine_grid, one slab of the first output axis at a time: the base grid of ATen's affine_grid_generator
     size_x, size_y, size_z = (int(s) for s in dst_size[2:])
     axis_x, axis_y, axis_z = (_linspace_from_neg_one(s, align_corners) for s in (size_x, size_y, size_z))
-    out = torch.empty((src.shape[1], size_x, size_y, size_z), dtype=output_dtype)
-    step = min(size_x, max(1, slab_voxels // max(1, size_y * size_z)))
-    base = torch.empty((1, step, size_y, size_z, 4), dtype=src.dtype)  # the same z, y and 1 columns for every slab
+    box = nonzero_output_box(src[0], xform, (size_x, size_y, size_z), padding) if interp == "nearest" else None
+    if box is None:
+        box = (slice(0, size_x), slice(0, size_y), slice(0, size_z))
+        out = torch.empty((src.shape[1], size_x, size_y, size_z), dtype=output_dtype)
+    else:  # calloc'd: the zeros outside the box cost no pass over the full grid
+        out = torch.zeros((src.shape[1], size_x, size_y, size_z), dtype=output_dtype)
+    box_x, box_y, box_z = box
+    if size_x > 1:
+        axis_x = axis_x[box_x]
+    axis_y, axis_z = (axis[part] if axis.ndim else axis for axis, part in ((axis_y, box_y), (axis_z, box_z)))
+    width_y, width_z = box_y.stop - box_y.start, box_z.stop - box_z.start
+    step = max(1, min(box_x.stop - box_x.start, slab_voxels // max(1, width_y * width_z)))
+    base = torch.empty((1, step, width_y, width_z, 4), dtype=src.dtype)  # the same z, y and 1 columns for every slab
     base[..., 0].copy_(axis_z)
-    base[..., 1].copy_(axis_y.unsqueeze(-1))
+    base[..., 1].copy_(axis_y.unsqueeze(-1) if axis_y.ndim else axis_y)
     base[..., 3].fill_(1)
-    for start in range(0, size_x, step):
-        stop = min(start + step, size_x)
+    for start in range(box_x.start, box_x.stop, step):
+        stop = min(start + step, box_x.stop)
         slab = base[:, : stop - start]
-        slab[..., 2].copy_(axis_x[start:stop].unsqueeze(-1).unsqueeze(-1) if size_x > 1 else axis_x)
-        grid = slab.reshape(1, -1, 4).bmm(theta).view(1, stop - start, size_y, size_z, 3)
+        part = slice(start - box_x.start, stop - box_x.start)
+        slab[..., 2].copy_(axis_x[part].unsqueeze(-1).unsqueeze(-1) if size_x > 1 else axis_x)
+        grid = slab.reshape(1, -1, 4).bmm(theta).view(1, stop - start, width_y, width_z, 3)
         sampled = F.grid_sample(src, grid, mode=interp, padding_mode=padding, align_corners=align_corners)
-        out[:, start:stop] = sampled[0]
+        out[:, start:stop, box_y, box_z] = sampled[0]
     result = MetaTensor(out)
     return result.copy_meta_from(meta)
 

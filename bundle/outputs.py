@@ -33,6 +33,7 @@ import torch
 from monai.config import KeysCollection
 from monai.data import NibabelWriter
 from monai.transforms import MapTransform
+from monai.transforms.utils import generate_spatial_bounding_box
 from monai.utils import convert_to_numpy
 from scipy import ndimage
 
@@ -185,6 +186,19 @@ def region_statistics(regions: np.ndarray, affine: np.ndarray) -> list[dict]:
     return stats
 
 
+def crop_to_regions(regions: np.ndarray, affine: np.ndarray) -> tuple[tuple[slice, slice, slice], np.ndarray]:
+    """The bounding box of the nonzero voxels of a (X, Y, Z) region map (MONAI's ``generate_spatial_bounding_box``;
+    the first voxel when there are none, so that the box is never empty) and the voxel -> world affine of that box:
+    one pass over a full-resolution map, after which region statistics, meshes and segment fields cost the size of
+    the regions, not of the scan."""
+    start, end = generate_spatial_bounding_box(regions[None])
+    end = [max(int(b), int(a) + 1) for a, b in zip(start, end)]
+    box = tuple(slice(int(a), b) for a, b in zip(start, end))
+    corner = np.eye(4)
+    corner[:3, 3] = start
+    return box, affine @ corner
+
+
 def _write_nifti(array: torch.Tensor, path: Path, dtype: np.dtype) -> None:
     """``array`` (1, X, Y, Z) MetaTensor as a NIfTI file of ``dtype`` in its own grid, through MONAI's NibabelWriter.
 
@@ -290,10 +304,12 @@ class WriteCaseOutputsd(MapTransform):
             for key in self.key_iterator(d):
                 _write_nifti(d[key], partial / f"{key}.nii.gz", np.dtype(np.float32))
             _write_nifti(wound, partial / "wound_segmentation.nii.gz", np.dtype(np.uint8))
+            box, box_affine = crop_to_regions(regions, affine)
             if self.slicer_segmentation:
-                write_slicer_segmentation(regions, affine, partial / "wound_segmentation.seg.nrrd")
-            write_region_stls(regions, affine, partial, prefix=name, smoothing_iterations=self.stl_smoothing_iterations)
-            d["report"] = self.report(d, region_statistics(regions, affine))
+                write_slicer_segmentation(regions, affine, partial / "wound_segmentation.seg.nrrd", regions_box=box)
+            smoothing = self.stl_smoothing_iterations
+            write_region_stls(regions[box], box_affine, partial, prefix=name, smoothing_iterations=smoothing)
+            d["report"] = self.report(d, region_statistics(regions[box], box_affine))
             (partial / "report.json").write_text(json.dumps(d["report"], indent=4) + "\n")
             if self.figure:
                 from bundle.figures import save_overview

@@ -33,8 +33,11 @@ REGION_COLOURS = (
 )
 
 
-def segment_fields(labels: np.ndarray, names: list[str] | None = None) -> dict[str, str]:
-    """The Slicer header fields for the regions 1..K of ``labels`` (X, Y, Z) integer array; K = 0 gives none."""
+def segment_fields(
+    labels: np.ndarray, names: list[str] | None = None, offset: tuple[int, int, int] = (0, 0, 0)
+) -> dict[str, str]:
+    """The Slicer header fields for the regions 1..K of ``labels`` (X, Y, Z) integer array; K = 0 gives none.
+    ``labels`` may be a box of the written grid that holds every region, starting at voxel ``offset`` of it."""
     present = [int(label) for label in np.unique(labels[labels > 0])]
     if names is not None and len(names) != len(present):
         raise ValueError(f"{len(names)} segment names for {len(present)} regions")
@@ -46,7 +49,7 @@ def segment_fields(labels: np.ndarray, names: list[str] | None = None) -> dict[s
     }
     for index, label in enumerate(present):
         box = boxes[label - 1]
-        extent = " ".join(f"{axis.start} {axis.stop - 1}" for axis in box)
+        extent = " ".join(f"{axis.start + shift} {axis.stop - 1 + shift}" for axis, shift in zip(box, offset))
         colour = REGION_COLOURS[index % len(REGION_COLOURS)]
         fields.update(
             {
@@ -64,7 +67,11 @@ def segment_fields(labels: np.ndarray, names: list[str] | None = None) -> dict[s
 
 
 def write_slicer_segmentation(
-    regions: NdarrayOrTensor, affine: NdarrayOrTensor, path: str | os.PathLike, names: list[str] | None = None
+    regions: NdarrayOrTensor,
+    affine: NdarrayOrTensor,
+    path: str | os.PathLike,
+    names: list[str] | None = None,
+    regions_box: tuple[slice, slice, slice] | None = None,
 ) -> Path:
     """Write the region label map as ``path`` (must end in ``.seg.nrrd``), gzip-compressed, atomically.
 
@@ -73,6 +80,8 @@ def write_slicer_segmentation(
         affine: 4x4 voxel -> RAS world matrix of ``regions`` (MONAI/nibabel convention); written as LPS, as Slicer does.
         path: output file.
         names: segment names in label order; default ``wound 01``, ``wound 02``, ...
+        regions_box: a box of ``regions`` (spatial slices) that holds every region, when the caller has it: the
+            segment fields are then computed within it, not over the whole grid.
     """
     path = Path(path)
     if not path.name.endswith(SUFFIX):
@@ -87,7 +96,9 @@ def write_slicer_segmentation(
     image = ITKWriter.create_backend_obj(
         labels, channel_dim=None, affine=convert_to_numpy(affine), dtype=np.uint8, affine_lps_to_ras=True
     )
-    for key, value in segment_fields(labels, names).items():
+    box = regions_box or (slice(None),) * 3
+    offset = tuple(part.indices(size)[0] for part, size in zip(box, labels.shape))
+    for key, value in segment_fields(labels[box], names, offset).items():
         image[key] = value
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=SUFFIX, dir=path.parent)
     os.close(handle)

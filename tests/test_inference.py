@@ -52,14 +52,22 @@ def default_case(tiny_weights, label_map, tmp_path_factory) -> Path:
     return output / "jaw_case"
 
 
+def _world_centre(image: nib.Nifti1Image) -> np.ndarray:
+    return image.affine[:3, :3] @ ((np.asarray(image.shape[:3]) - 1) / 2) + image.affine[:3, 3]
+
+
 def test_inference_writes_every_output_in_the_input_grid(default_case, label_map):
+    """The wound segmentation in the input's grid; the anomaly map on the 2 mm grid it is computed on, over the same
+    field of view (a viewer places it by its affine)."""
     case, output = default_case, default_case.parent
     source = nib.load(label_map)
     anomaly = nib.load(case / "anomaly_map.nii.gz")
     wound = nib.load(case / "wound_segmentation.nii.gz")
-    for image in (anomaly, wound):
-        assert image.shape == source.shape
-        np.testing.assert_allclose(image.affine, source.affine, atol=1e-4)
+    assert wound.shape == source.shape
+    np.testing.assert_allclose(wound.affine, source.affine, atol=1e-4)
+    np.testing.assert_allclose(anomaly.header.get_zooms(), (2.0, 2.0, 2.0))
+    assert nib.aff2axcodes(anomaly.affine) == ("R", "A", "S")
+    np.testing.assert_allclose(_world_centre(anomaly), _world_centre(source), atol=1.0)
     assert anomaly.get_data_dtype() == np.float32 and wound.get_data_dtype() == np.uint8
     report = json.loads((case / "report.json").read_text())
     regions = np.asarray(wound.dataobj)
@@ -107,6 +115,31 @@ def test_search_region_off_is_one_override_away(default_case, tiny_weights, labe
         assert reports[0]["subject_score"][score] <= reports[1]["subject_score"][score]
     raw_on, raw_off = (nib.load(c / "anomaly_map.nii.gz").get_fdata() for c in (default_case, output / "jaw_case"))
     np.testing.assert_array_equal(raw_on, raw_off)  # the saved map is the raw map either way
+
+
+def test_anomaly_map_in_the_input_grid_is_one_override_away(default_case, tiny_weights, label_map, tmp_path):
+    """``--anomaly_map_in_input_grid true``: the map resampled (trilinear) to the input's grid; the wound regions and
+    report are the same."""
+    output = tmp_path / "out"
+    override = ("--anomaly_map_in_input_grid", "true")
+    result = run_inference(
+        "--input",
+        str(label_map),
+        "--checkpoint",
+        str(tiny_weights),
+        "--output_dir",
+        str(output),
+        *PERMISSIVE,
+        *override,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    source, case = nib.load(label_map), output / "jaw_case"
+    fine, coarse = (nib.load(c / "anomaly_map.nii.gz") for c in (case, default_case))
+    assert fine.shape == source.shape and fine.get_data_dtype() == np.float32
+    np.testing.assert_allclose(fine.affine, source.affine, atol=1e-4)
+    assert fine.get_fdata().max() == pytest.approx(coarse.get_fdata().max(), rel=0.05)  # same map, interpolated
+    wounds = [np.asarray(nib.load(c / "wound_segmentation.nii.gz").dataobj) for c in (case, default_case)]
+    np.testing.assert_array_equal(*wounds)
 
 
 def test_infer_workflow_has_every_required_property(tiny_weights, label_map, tmp_path):

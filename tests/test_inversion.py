@@ -10,7 +10,13 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Invertd, SpatialResample
 
-from bundle.inversion import DEFAULT_SLAB_VOXELS, SlabwiseInvert, SlabwiseInvertd, resample_slabwise
+from bundle.inversion import (
+    DEFAULT_SLAB_VOXELS,
+    SlabwiseInvert,
+    SlabwiseInvertd,
+    nonzero_output_box,
+    resample_slabwise,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,6 +60,46 @@ def test_resample_slabwise_equals_monai_spatial_resample(geometry, mode, padding
     assert out.shape == expected.shape == (2, *size) and out.dtype == torch.float32
     assert torch.equal(out.as_tensor(), expected.as_tensor())
     assert torch.equal(out.affine, expected.affine)
+
+
+def _sparse_regions(edge: bool) -> MetaTensor:
+    """A few small regions on a 2 mm grid, as a wound map has them; ``edge``: one touches the grid's border."""
+    regions = torch.zeros(1, 12, 11, 10)
+    regions[0, 3:5, 4:6, 2:4] = 1
+    regions[0, 7, 6:9, 5] = 2
+    if edge:
+        regions[0, 11, 0:2, 9] = 3
+    return MetaTensor(regions, affine=torch.as_tensor(_affine(np.eye(3), (2.0, 2.0, 2.0), (0, 0, 0))))
+
+
+@pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
+@pytest.mark.parametrize("padding_mode", ["border", "zeros"])
+@pytest.mark.parametrize("edge", [False, True])
+@pytest.mark.parametrize("slab_voxels", [1, 500, DEFAULT_SLAB_VOXELS])
+def test_nearest_resampling_of_sparse_regions_samples_only_their_box(geometry, padding_mode, edge, slab_voxels):
+    """Nearest sampling of a few regions computes only the output box that can see them, yet equals SpatialResample
+    voxel for voxel, also with a region on the border (border padding then samples the whole grid)."""
+    img = _sparse_regions(edge)
+    dst_affine = torch.as_tensor(GEOMETRIES[geometry])
+    size = (47, 45, 33)
+    expected = SpatialResample(mode="nearest", padding_mode=padding_mode, dtype=torch.float32)(
+        img, dst_affine=dst_affine, spatial_size=size
+    )
+    out = resample_slabwise(img, dst_affine, size, "nearest", padding_mode, slab_voxels=slab_voxels)
+    assert torch.equal(out.as_tensor(), expected.as_tensor())
+    assert {1.0, 2.0} <= set(torch.unique(expected).tolist())  # the regions are in the output's field of view
+
+
+def test_output_box_is_bounded_and_tight_when_it_can_be():
+    img = _sparse_regions(edge=False)
+    xform = torch.diag(torch.tensor([0.25, 0.25, 0.25, 1.0]))  # output voxel o samples source coordinate o / 4
+    box = nonzero_output_box(img.as_tensor(), xform, (48, 44, 40), "border")
+    # regions cover source voxels 3..7, 4..8, 2..5, i.e. coordinates [2.5, 7.5], [3.5, 8.5], [1.5, 5.5]: output
+    # voxels 10..30, 14..34, 6..22, plus one voxel of margin each side
+    assert [(part.start, part.stop) for part in box] == [(9, 32), (13, 36), (5, 24)]
+    assert nonzero_output_box(torch.zeros(1, 4, 4, 4), xform, (16, 16, 16), "border") == (slice(0, 0),) * 3
+    assert nonzero_output_box(_sparse_regions(edge=True).as_tensor(), xform, (48, 44, 40), "border") is None
+    assert nonzero_output_box(_sparse_regions(edge=True).as_tensor(), xform, (48, 44, 40), "zeros") is not None
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 from monai.data import MetaTensor, NibabelWriter
 from monai.utils import convert_to_numpy
 
-from bundle.outputs import _write_nifti, region_statistics
+from bundle.outputs import _write_nifti, crop_to_regions, region_statistics
 
 AFFINE = np.array([[-0.6, 0.05, 0, 60], [0, -0.6, 0, 50], [0.02, 0, 0.9, -20], [0, 0, 0, 1]], float)
 
@@ -44,3 +44,15 @@ def test_write_nifti_equals_monai_writer_with_set_metadata(dtype, tmp_path):
     assert ours.header.binaryblock == monai.header.binaryblock
     assert np.asarray(ours.dataobj).dtype == dtype
     np.testing.assert_array_equal(np.asarray(ours.dataobj), np.asarray(monai.dataobj))
+
+
+def test_crop_to_regions_keeps_every_region_in_place():
+    regions = np.zeros((20, 18, 16), np.uint8)
+    regions[3:6, 10:12, 4] = 1
+    regions[8, 2, 9:14] = 2
+    box, box_affine = crop_to_regions(regions, AFFINE)
+    assert [(part.start, part.stop) for part in box] == [(3, 9), (2, 12), (4, 14)]
+    assert np.count_nonzero(regions[box]) == np.count_nonzero(regions)
+    assert region_statistics(regions[box], box_affine) == region_statistics(regions, AFFINE)  # same world boxes
+    empty_box, _ = crop_to_regions(np.zeros((5, 5, 5), np.uint8), AFFINE)
+    assert np.zeros((5, 5, 5))[empty_box].shape == (1, 1, 1)  # never empty: scipy's find_objects needs a voxel

@@ -45,6 +45,14 @@ def test_segments_are_named_coloured_and_located_as_slicer_reads_them(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["wound.seg.nrrd"]  # no temporary left
 
 
+def test_fields_computed_within_the_regions_box_are_those_of_the_whole_grid(tmp_path):
+    labels = _regions()
+    whole = _header(write_slicer_segmentation(labels, AFFINE, tmp_path / "whole.seg.nrrd"))
+    box = (slice(2, 18), slice(1, 15), slice(1, 11))  # holds every region; extents stay in the whole grid's indices
+    boxed = _header(write_slicer_segmentation(labels, AFFINE, tmp_path / "boxed.seg.nrrd", regions_box=box))
+    assert boxed == whole and "Segment2_Extent" in boxed
+
+
 def test_voxels_and_geometry_match_the_label_map_through_monai(tmp_path):
     labels = _regions()
     path = write_slicer_segmentation(labels, AFFINE, tmp_path / "wound.seg.nrrd")

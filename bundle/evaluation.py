@@ -45,7 +45,7 @@ class AnomalyEvaluationHandler:
     Reads, per decollated case, from the engine's batch: ``truth_key`` (lesion mask on the 2 mm grid, absent or
     empty for healthy subjects) and ``lesion_key`` (the datalist's lesion kind, ``"none"`` for healthy); from the
     engine's output: ``anomaly_key`` (the anomaly map), ``wound_key`` (the final region map) and ``report_key``
-    (the report written by :class:`bundle.outputs.WriteCaseOutputsd`, holding the three subject scores), and, when the
+    (the report of :class:`bundle.report.CaseReportd`, holding the three subject scores), and, when the
     datalist gives it, ``lesion_volume_key`` (the lesion's volume in cm^3). The summary counts the lesions of at
     least ``found_min_volume_ml`` whose wound segmentation reaches a Dice above ``found_dice`` ("found"), and the
     normal subjects with any wound region.

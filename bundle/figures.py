@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+from monai.utils import convert_to_numpy
+
+from bundle.outputs import case_name
 
 
 def _focus(anomaly: np.ndarray, wound: np.ndarray) -> tuple[int, int, int]:
@@ -56,3 +64,27 @@ def save_overview(
     figure.tight_layout()
     figure.savefig(path, dpi=80)
     plt.close(figure)
+
+
+class SaveOverviewd(MapTransform):
+    """Save :func:`save_overview` of one case as ``<folder>/overview.png``, ``<folder>`` being the case folder under
+    ``folder_key`` (:class:`bundle.outputs.WriteCaseFolderd`).
+
+    Args:
+        keys: the five (1, X, Y, Z) maps on one grid, in order: input, reconstruction 1, reconstruction 2, anomaly map,
+            wound regions (the inference config's 2 mm ones).
+        folder_key: key of the folder to write into.
+        file_name: the figure's file name.
+    """
+
+    def __init__(self, keys: KeysCollection, folder_key: str = "case_folder", file_name: str = "overview.png") -> None:
+        super().__init__(keys)
+        if len(self.keys) != 5:
+            raise ValueError(f"expected the keys of input, both reconstructions, anomaly and wound, got {self.keys}")
+        self.folder_key, self.file_name = folder_key, file_name
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        maps = [convert_to_numpy(d[key])[0] for key in self.keys]
+        save_overview(Path(d[self.folder_key]) / self.file_name, *maps, title=case_name(d[self.keys[0]]))
+        return d

@@ -1,6 +1,7 @@
-"""Per-case inference outputs, written atomically: anomaly map and wound segmentation (NIfTI, in the input's own
-grid), the wound segmentation again as a 3D Slicer segmentation file, one STL per wound region, a JSON report and an
-overview figure.
+"""A case's output folder, written atomically: :class:`WriteCaseFolderd` runs the writer transforms of the inference
+config (:class:`SaveNiftid` here, :class:`bundle.slicer_segmentation.SaveSlicerSegmentationd`,
+:class:`bundle.stl.SaveRegionMeshesd`, :class:`SaveJSONd`, :class:`bundle.figures.SaveOverviewd`) into one hidden
+folder and publishes it whole.
 
 MONAI's ``SaveImaged`` writes one image straight to its final name; a case here is a set of files that belong
 together, so they are written into a hidden temporary folder, ``.<case>.<random>.partial``, and renamed into place
@@ -25,25 +26,18 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import NibabelWriter
-from monai.transforms import MapTransform
-from monai.transforms.utils import generate_spatial_bounding_box
-from monai.utils import convert_to_numpy
-from scipy import ndimage
+from monai.transforms import MapTransform, Transform
+from monai.utils import ImageMetaKey, convert_to_numpy, ensure_tuple_rep
 
-from bundle.scoring import subject_score
-from bundle.slicer_segmentation import write_slicer_segmentation
-from bundle.stl import write_region_stls
-
-RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
-
-
+IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 TEMPORARY_SUFFIXES = (".partial", ".replaced")
 
 
@@ -150,56 +144,18 @@ def prepare_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -
     return output
 
 
-def case_name(image: torch.Tensor) -> str:
-    """Name of a case: its input file's name without the image extensions."""
-    source = Path(str(getattr(image, "meta", {}).get("filename_or_obj", "case")))
-    name = source.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return source.stem
+def case_name(image: torch.Tensor | Mapping) -> str:
+    """Name of a case: its input file's name without the image extension, from a MetaTensor or its meta data
+    (``/data/case01.nii.gz`` -> ``case01``; ``case`` when the file is unknown)."""
+    meta = image if isinstance(image, Mapping) else getattr(image, "meta", {})
+    name = Path(str(meta.get(ImageMetaKey.FILENAME_OR_OBJ, "case"))).name
+    for extension in IMAGE_EXTENSIONS:
+        if name.lower().endswith(extension):
+            return name[: -len(extension)]
+    return name
 
 
-def region_statistics(regions: np.ndarray, affine: np.ndarray) -> list[dict]:
-    """Volume (mm^3) and world bounding box (LPS mm, voxel corners included) of each label 1..K of ``regions``."""
-    voxel_volume = float(abs(np.linalg.det(affine[:3, :3])))
-    stats = []
-    for label, box in enumerate(ndimage.find_objects(regions), start=1):
-        if box is None:
-            continue
-        count = int(np.count_nonzero(regions[box] == label))  # within its box: no full-size copy as bincount makes
-        low = np.array([s.start for s in box]) - 0.5
-        high = np.array([s.stop for s in box]) - 0.5
-        corners = np.stack(np.meshgrid(*zip(low, high), indexing="ij"), axis=-1).reshape(-1, 3)
-        world = (corners @ affine[:3, :3].T + affine[:3, 3]) @ RAS_TO_LPS.T
-        stats.append(
-            {
-                "label": label,
-                "voxels": count,
-                "volume_mm3": round(float(count) * voxel_volume, 3),
-                "bounding_box_lps_mm": {
-                    "min": [round(float(v), 3) for v in world.min(axis=0)],
-                    "max": [round(float(v), 3) for v in world.max(axis=0)],
-                },
-            }
-        )
-    return stats
-
-
-def crop_to_regions(regions: np.ndarray, affine: np.ndarray) -> tuple[tuple[slice, slice, slice], np.ndarray]:
-    """The bounding box of the nonzero voxels of a (X, Y, Z) region map (MONAI's ``generate_spatial_bounding_box``;
-    the first voxel when there are none, so that the box is never empty) and the voxel -> world affine of that box:
-    one pass over a full-resolution map, after which region statistics, meshes and segment fields cost the size of
-    the regions, not of the scan."""
-    start, end = generate_spatial_bounding_box(regions[None])
-    end = [max(int(b), int(a) + 1) for a, b in zip(start, end)]
-    box = tuple(slice(int(a), b) for a, b in zip(start, end))
-    corner = np.eye(4)
-    corner[:3, 3] = start
-    return box, affine @ corner
-
-
-def _write_nifti(array: torch.Tensor, path: Path, dtype: np.dtype) -> None:
+def write_nifti(array: torch.Tensor, path: Path, dtype: np.dtype) -> None:
     """``array`` (1, X, Y, Z) MetaTensor as a NIfTI file of ``dtype`` in its own grid, through MONAI's NibabelWriter.
 
     The affine is handed to the writer as ``set_metadata(meta, resample=False)`` would set it, without calling it:
@@ -214,121 +170,101 @@ def _write_nifti(array: torch.Tensor, path: Path, dtype: np.dtype) -> None:
     writer.write(path)
 
 
-class WriteCaseOutputsd(MapTransform):
-    """Write one case's outputs to ``output_dir/<case>/``; the last transform of the inference post-processing.
+class SaveNiftid(MapTransform):
+    """Write each key's (1, X, Y, Z) MetaTensor as ``<folder>/<file name>.nii.gz`` in its own grid
+    (:func:`write_nifti`), ``<folder>`` being the case folder that :class:`WriteCaseFolderd` puts under
+    ``folder_key``. Gap filled: ``SaveImaged`` names files after the input and its own output folder, and resamples
+    through ``set_metadata`` (see :func:`write_nifti`).
 
-    Keys read (channel-first tensors): ``anomaly_key`` and ``wound_key`` in the input's own grid (after
-    :class:`bundle.inversion.SlabwiseInvertd`; the wound map is used in its own integer type, a float one as int32);
-    ``image_key`` (x'), ``anomaly_2mm_key``, ``recon1_key``, ``recon2_key``, ``wound_2mm_key`` on the 2 mm model grid
-    (scores and the figure are computed there, where the thresholds are defined).
-    ``thresholds`` are recorded in the report as given; ``score_threshold``/``score_erosion_iterations`` define the
-    paper's subject scores (:func:`bundle.scoring.subject_score`) of the two-reconstruction and the
-    original-vs-reconstruction maps. With ``search_region_key`` (the anatomical search region of
-    :class:`bundle.search_region.JawSearchRegiond`, on the 2 mm grid) both count only the voxels inside it; the saved
-    anomaly map and the figure show the whole, unmasked map. A third subject score, ``wound_volume_mm3``, is the total
-    volume of the wound regions (0 when none survives the post-processing): the two-reconstruction map after the
-    whole post-processing rather than after one threshold and erosion. The report is also stored in the data under
-    ``"report"`` for handlers (e.g. :class:`bundle.evaluation.AnomalyEvaluationHandler`).
-    ``stl_smoothing_iterations`` Taubin lambda|mu pairs smooth the STL meshes for printing
-    (:func:`bundle.stl.taubin_smooth`; 0: the marching-cubes surface); ``slicer_segmentation`` also writes
-    ``wound_segmentation.seg.nrrd`` (:mod:`bundle.slicer_segmentation`).
+    Args:
+        keys: images to write; passed through unchanged.
+        folder_key: key of the folder to write into.
+        file_names: per key, the file name without ``.nii.gz``; default the key.
+        output_dtype: per key, the file's data type (e.g. ``"uint8"`` for a label map; float32 by default).
     """
 
     def __init__(
         self,
         keys: KeysCollection,
+        folder_key: str = "case_folder",
+        file_names: Sequence[str] | str | None = None,
+        output_dtype: Sequence[str] | str = "float32",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.folder_key = folder_key
+        self.file_names = ensure_tuple_rep(file_names, len(self.keys)) if file_names else self.keys
+        self.output_dtypes = tuple(np.dtype(d) for d in ensure_tuple_rep(output_dtype, len(self.keys)))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key, name, dtype in self.key_iterator(d, self.file_names, self.output_dtypes):
+            write_nifti(d[key], Path(d[self.folder_key]) / f"{name}.nii.gz", dtype)
+        return d
+
+
+class SaveJSONd(MapTransform):
+    """Write each key's JSON-serialisable value (e.g. the report of :class:`bundle.report.CaseReportd`) as
+    ``<folder>/<key>.json``, ``<folder>`` being the case folder under ``folder_key``."""
+
+    def __init__(self, keys: KeysCollection, folder_key: str = "case_folder", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.folder_key = folder_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            (Path(d[self.folder_key]) / f"{key}.json").write_text(json.dumps(d[key], indent=4) + "\n")
+        return d
+
+
+class WriteCaseFolderd(Transform):
+    """Write one case's outputs to ``output_dir/<case>/`` atomically; the last transform of the inference
+    post-processing.
+
+    ``writers`` are transforms that each write files into the folder found under ``folder_key`` (the writer transforms
+    of this package). They run in order on the data with ``folder_key`` set to a new hidden ``.<case>.<random>.partial``
+    folder, which is renamed to ``output_dir/<case>`` only when all have succeeded (see the module docstring for
+    concurrent runs and ``overwrite``); on any failure the folder is deleted and nothing is kept, and an ``OSError``
+    (a full disk, a quota) is raised again naming the case folder. ``<case>`` is :func:`case_name` of ``image_key``.
+    Returns the data as the writers left it, with ``folder_key`` set to the published folder.
+    """
+
+    def __init__(
+        self,
+        writers: Sequence[Callable],
         output_dir: str | os.PathLike,
-        wound_key: str = "pred",
         image_key: str = "image",
-        anomaly_2mm_key: str = "anomaly",
-        recon1_key: str = "recon1",
-        recon2_key: str = "recon2",
-        wound_2mm_key: str = "wound",
-        search_region_key: str | None = None,
-        score_threshold: float = 0.2,
-        score_erosion_iterations: int = 2,
-        thresholds: Mapping | None = None,
-        model_version: str = "",
-        model_sha256: str = "",
-        figure: bool = True,
-        stl_smoothing_iterations: int = 10,
-        slicer_segmentation: bool = True,
+        folder_key: str = "case_folder",
         overwrite: bool = False,
-    ):
-        super().__init__(keys)
+    ) -> None:
+        self.writers = list(writers)
         self.output_dir = Path(output_dir)
-        self.wound_key, self.image_key = wound_key, image_key
-        self.anomaly_2mm_key, self.wound_2mm_key = anomaly_2mm_key, wound_2mm_key
-        self.search_region_key = search_region_key
-        self.recon1_key, self.recon2_key = recon1_key, recon2_key
-        self.score_threshold, self.score_erosion_iterations = score_threshold, score_erosion_iterations
-        self.thresholds = dict(thresholds or {})
-        self.model_version, self.model_sha256 = model_version, model_sha256
-        self.figure, self.overwrite = figure, overwrite
-        self.stl_smoothing_iterations, self.slicer_segmentation = stl_smoothing_iterations, slicer_segmentation
+        self.image_key, self.folder_key = image_key, folder_key
+        self.overwrite = overwrite
 
-    def report(self, data: Mapping[Hashable, torch.Tensor], regions: list[dict]) -> dict:
-        image = convert_to_numpy(data[self.image_key])[0]
-        recon2 = convert_to_numpy(data[self.recon2_key])[0]
-        score = dict(threshold=self.score_threshold, erosion_iterations=self.score_erosion_iterations)
-        region = None if self.search_region_key is None else convert_to_numpy(data[self.search_region_key])[0]
-        return {
-            "case": case_name(data[self.image_key]),
-            "input": str(data[self.image_key].meta.get("filename_or_obj", "")),
-            "subject_score": {
-                "two_reconstructions": subject_score(
-                    convert_to_numpy(data[self.anomaly_2mm_key])[0], region=region, **score
-                ),
-                "original_vs_reconstruction": subject_score(np.abs(recon2 - image), region=region, **score),
-                **score,
-                "wound_volume_mm3": round(sum(r["volume_mm3"] for r in regions), 3),
-            },
-            "num_regions": len(regions),
-            "regions": regions,
-            "thresholds": self.thresholds,
-            "model": {"version": self.model_version, "sha256": self.model_sha256},
-        }
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         name = case_name(d[self.image_key])
         final = self.output_dir / name
         if final.exists() and not self.overwrite:
             raise ValueError(f"{final}: case output exists; pass --overwrite true to replace it")
+        self.output_dir.mkdir(parents=True, exist_ok=True)
         partial = _make_partial_folder(self.output_dir, name)
         try:
-            wound = d[self.wound_key]
-            regions = convert_to_numpy(wound)[0]
-            regions = regions if np.issubdtype(regions.dtype, np.integer) else regions.astype(np.int32)
-            affine = convert_to_numpy(wound.affine).astype(np.float64)
-            for key in self.key_iterator(d):
-                _write_nifti(d[key], partial / f"{key}.nii.gz", np.dtype(np.float32))
-            _write_nifti(wound, partial / "wound_segmentation.nii.gz", np.dtype(np.uint8))
-            box, box_affine = crop_to_regions(regions, affine)
-            if self.slicer_segmentation:
-                write_slicer_segmentation(regions, affine, partial / "wound_segmentation.seg.nrrd", regions_box=box)
-            smoothing = self.stl_smoothing_iterations
-            write_region_stls(regions[box], box_affine, partial, prefix=name, smoothing_iterations=smoothing)
-            d["report"] = self.report(d, region_statistics(regions[box], box_affine))
-            (partial / "report.json").write_text(json.dumps(d["report"], indent=4) + "\n")
-            if self.figure:
-                from bundle.figures import save_overview
-
-                save_overview(
-                    partial / "overview.png",
-                    *(convert_to_numpy(d[k])[0] for k in (self.image_key, self.recon1_key, self.recon2_key)),
-                    convert_to_numpy(d[self.anomaly_2mm_key])[0],
-                    convert_to_numpy(d[self.wound_2mm_key])[0],
-                    title=name,
-                )
+            d[self.folder_key] = partial
+            for writer in self.writers:
+                d = dict(writer(d))
             _give_default_permissions(partial)
             _publish(partial, final, self.overwrite)
         except OSError as error:  # a full disk, a quota: the writers' errors do not name the case
             shutil.rmtree(partial, ignore_errors=True)
-            raise OSError(
-                error.errno, f"{final}: writing the case outputs failed, nothing kept ({error.strerror or error})"
-            ) from None
+            # a write cut short (Python's buffered writer reports it without an errno) is a full disk or a quota too
+            reason = error.strerror or f"a write was cut short ({error}): disk full or over a quota?"
+            message = f"{final}: writing the case outputs failed, nothing kept ({reason})"
+            raise (OSError(error.errno, message) if error.errno else OSError(message)) from None
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
+        d[self.folder_key] = final
         return d

@@ -18,7 +18,7 @@ from collections.abc import Hashable, Mapping
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform
-from monai.utils import convert_to_tensor
+from monai.utils import convert_to_tensor, ensure_tuple_rep
 
 from bundle.postprocessing import footprint, grey_erosion
 
@@ -38,8 +38,8 @@ def _volume(anomaly_map: NdarrayOrTensor) -> torch.Tensor:
 
 def subject_score(
     anomaly_map: NdarrayOrTensor,
-    threshold: float,
-    erosion_iterations: int = 1,
+    threshold: float = 0.2,
+    erosion_iterations: int = 2,
     structure: str = "ball",
     region: NdarrayOrTensor | None = None,
 ) -> int:
@@ -49,9 +49,10 @@ def subject_score(
     Args:
         anomaly_map: numpy array or torch tensor (X, Y, Z), (1, X, Y, Z) or (1, 1, X, Y, Z); e.g. D = (G2 - G1)^2
             with values in [0, 1].
-        threshold: voxels at or above it are anomalous (``>=``, as MONAI's ``AsDiscrete(threshold=...)``).
-        erosion_iterations: successive erosions by the radius-1 footprint; 1 (default) removes single voxels and
-            one-voxel-thin lines, 0 counts the thresholded voxels without erosion.
+        threshold: voxels at or above it are anomalous (``>=``, as MONAI's ``AsDiscrete(threshold=...)``); default
+            0.2, the bundle's (configs/inference.json ``score_threshold``).
+        erosion_iterations: successive erosions by the radius-1 footprint; 1 removes single voxels and one-voxel-thin
+            lines, 0 counts the thresholded voxels without erosion; default 2, the bundle's.
         structure: elementary footprint, ``"ball"`` (default, 6-connected cross) or ``"cube"`` (26-connected box).
         region: optional mask of the voxels that count (inside where > 0), shaped as the map, e.g. the anatomical
             search region; ``None`` counts the whole volume (the paper).
@@ -90,8 +91,8 @@ class SubjectScored(MapTransform):
     def __init__(
         self,
         keys: KeysCollection,
-        threshold: float,
-        erosion_iterations: int = 1,
+        threshold: float = 0.2,
+        erosion_iterations: int = 2,
         structure: str = "ball",
         score_postfix: str = "_score",
         region_key: str | None = None,
@@ -111,4 +112,33 @@ class SubjectScored(MapTransform):
         for key in self.key_iterator(d):
             score = subject_score(d[key], self.threshold, self.erosion_iterations, self.structure, region)
             d[f"{key}{self.score_postfix}"] = score
+        return d
+
+
+class AbsoluteDifferenced(MapTransform):
+    """Store ``|data[key] - data[reference_key]|`` under each name, e.g. the original-vs-reconstruction map
+    ``|G2 - x'|`` that the paper's second subject score counts. Gap filled: MONAI's dictionary transforms do not
+    combine two keys arithmetically.
+
+    Args:
+        keys: (1, X, Y, Z) maps, e.g. a reconstruction.
+        reference_key: the map subtracted from each, shaped alike, e.g. the input x'.
+        names: per key, where the difference goes.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        reference_key: str,
+        names: KeysCollection,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.reference_key = reference_key
+        self.names = ensure_tuple_rep(names, len(self.keys))
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key, name in self.key_iterator(d, self.names):
+            d[name] = (d[key] - d[self.reference_key]).abs()
         return d

@@ -1,27 +1,38 @@
 """Wound regions as a 3D Slicer segmentation file (``.seg.nrrd``): one named, coloured segment per region.
 
 Gap filled: MONAI writes label maps (``ITKWriter``, ``NibabelWriter``) but not the segment table that makes 3D Slicer
-open a file as a segmentation with named segments rather than as a plain volume. The voxels and the geometry go
-through MONAI's ``ITKWriter.create_backend_obj`` (RAS affine -> ITK's LPS image) and ITK's NRRD writer, which stores
-extra ``key:=value`` fields in the header; the fields are those Slicer's segmentation storage node reads and writes for
-a single-layer label map (``Segment<i>_ID``, ``_Name``, ``_Color``, ``_LabelValue``, ``_Layer``, ``_Extent`` and the
+open a file as a segmentation with named segments rather than as a plain volume. The file is a plain NRRD (format
+version 4, as ITK writes it: ``uint8``, LPS ``space directions`` and ``space origin``, gzip) whose header carries
+extra ``key:=value`` fields; the fields are those Slicer's segmentation storage node reads and writes for a
+single-layer label map (``Segment<i>_ID``, ``_Name``, ``_Color``, ``_LabelValue``, ``_Layer``, ``_Extent`` and the
 ``Segmentation_*`` fields; no terminology tags). Slicer recognises the file by its ``.seg.nrrd`` extension.
+It is written here rather than through MONAI's ``ITKWriter``: ITK loads its IO modules on first use, about 2 s per
+process on the development machine, more than all the other writers of a 0.5 mm case together
+(docs/benchmark_inference.md); tests/test_slicer_segmentation.py reads the files back through MONAI's ITK reader.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import zlib
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-import itk
 import numpy as np
-from monai.config import NdarrayOrTensor
-from monai.data import ITKWriter
-from monai.utils import convert_to_numpy
+from monai.config import KeysCollection, NdarrayOrTensor
+from monai.transforms import MapTransform
+from monai.utils import convert_to_numpy, ensure_tuple_rep
 from scipy import ndimage
 
+from bundle.report import crop_to_regions
+
 SUFFIX = ".seg.nrrd"
+# zlib's fastest, as nibabel writes .nii.gz; on a 360 x 360 x 332 map with one region: 0.26 s and 190 kB, against
+# 0.31 s and 44 kB at level 6
+COMPRESSION_LEVEL = 1
+SLAB_VOXELS = 16_000_000  # voxels compressed at a time: a 16 MB copy in Fortran order, not one of the whole map
 # distinct, saturated colours for wound regions, cycled (RGB 0-1); none is a tissue colour of Slicer's default table
 REGION_COLOURS = (
     (0.90, 0.10, 0.10),
@@ -66,6 +77,34 @@ def segment_fields(
     return fields
 
 
+def _vector(values: np.ndarray) -> str:
+    return "(" + ",".join(f"{float(v):.17g}" for v in values) + ")"
+
+
+def nrrd_header(shape: tuple[int, int, int], affine: np.ndarray, fields: Mapping[str, str]) -> str:
+    """The NRRD header of a (X, Y, Z) uint8 volume with a voxel -> RAS ``affine``, written in LPS as Slicer and ITK
+    do, followed by ``fields`` as ``key:=value`` lines (values must not hold line breaks)."""
+    lps = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(affine, dtype=np.float64)[:3]
+    lines = [
+        "NRRD0004",
+        "# Complete NRRD file format specification at:",
+        "# http://teem.sourceforge.net/nrrd/format.html",
+        "type: unsigned char",
+        "dimension: 3",
+        "space: left-posterior-superior",
+        "sizes: " + " ".join(str(int(size)) for size in shape),
+        "space directions: " + " ".join(_vector(lps[:, axis]) for axis in range(3)),
+        "kinds: domain domain domain",
+        "encoding: gzip",
+        "space origin: " + _vector(lps[:, 3]),
+    ]
+    for key, value in fields.items():
+        if "\n" in key or "\n" in value or ":=" in key:
+            raise ValueError(f"NRRD key/value field {key!r}: {value!r} cannot be written on one line")
+        lines.append(f"{key}:={value}")
+    return "\n".join(lines) + "\n\n"
+
+
 def write_slicer_segmentation(
     regions: NdarrayOrTensor,
     affine: NdarrayOrTensor,
@@ -93,19 +132,53 @@ def write_slicer_segmentation(
     if labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
         raise ValueError(f"{path}: region labels must be 0..255, got {labels.min()}..{labels.max()}")
     labels = labels.astype(np.uint8, copy=False)
-    image = ITKWriter.create_backend_obj(
-        labels, channel_dim=None, affine=convert_to_numpy(affine), dtype=np.uint8, affine_lps_to_ras=True
-    )
     box = regions_box or (slice(None),) * 3
     offset = tuple(part.indices(size)[0] for part, size in zip(box, labels.shape))
-    for key, value in segment_fields(labels[box], names, offset).items():
-        image[key] = value
+    header = nrrd_header(labels.shape, convert_to_numpy(affine), segment_fields(labels[box], names, offset))
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=SUFFIX, dir=path.parent)
-    os.close(handle)
     try:
-        itk.imwrite(image, temporary, compression=True)
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(header.encode("utf-8"))
+            # gzip stream (mtime 0: the same labels give the same bytes), first axis fastest, one z slab at a time
+            compressor = zlib.compressobj(COMPRESSION_LEVEL, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+            step = max(1, SLAB_VOXELS // max(1, labels.shape[0] * labels.shape[1]))
+            for start in range(0, labels.shape[2], step):
+                stream.write(compressor.compress(labels[:, :, start : start + step].tobytes(order="F")))
+            stream.write(compressor.flush())
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
     return path
+
+
+class SaveSlicerSegmentationd(MapTransform):
+    """Write each key's (1, X, Y, Z) region map (a MetaTensor with its affine) as ``<folder>/<file name>.seg.nrrd``
+    (:func:`write_slicer_segmentation`, segment fields computed within the regions' bounding box), ``<folder>`` being
+    the case folder that :class:`bundle.outputs.WriteCaseFolderd` puts under ``folder_key``.
+
+    Args:
+        keys: region label maps; passed through unchanged.
+        folder_key: key of the folder to write into.
+        file_names: per key, the file name without ``.seg.nrrd``; default the key.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        folder_key: str = "case_folder",
+        file_names: Sequence[str] | str | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.folder_key = folder_key
+        self.file_names = ensure_tuple_rep(file_names, len(self.keys)) if file_names else self.keys
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key, name in self.key_iterator(d, self.file_names):
+            regions = convert_to_numpy(d[key])[0]
+            affine = convert_to_numpy(d[key].affine).astype(np.float64)
+            box, _ = crop_to_regions(regions, affine)
+            write_slicer_segmentation(regions, affine, Path(d[self.folder_key]) / f"{name}{SUFFIX}", regions_box=box)
+        return d

@@ -36,15 +36,17 @@ import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform
-from monai.utils import ImageMetaKey, MetaKeys, SpaceKeys, convert_to_numpy
+from monai.utils import MetaKeys, SpaceKeys, convert_to_numpy
 from scipy import ndimage, sparse
 from skimage.measure import marching_cubes
 from stl import Mode
 from stl import mesh as stl_mesh
 
+from bundle.outputs import case_name
+from bundle.report import crop_to_regions
+
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 HEADER_SIZE = 80
 SPACE_TAG = "SPACE=LPS"
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -251,35 +253,32 @@ def write_region_stls(
     return paths
 
 
-def file_stem(meta: Mapping) -> str:
-    """The source file's name without its image extension, e.g. ``case01`` for ``/data/case01.nii.gz``."""
-    name = Path(str(meta.get(ImageMetaKey.FILENAME_OR_OBJ, "image"))).name
-    for extension in IMAGE_EXTENSIONS:
-        if name.lower().endswith(extension):
-            return name[: -len(extension)]
-    return name
-
-
 class SaveRegionMeshesd(MapTransform):
-    """Write the STL meshes of each key's region label map (:func:`write_region_stls`), like ``SaveImaged`` does for
-    images: ``<output_dir>/<stem>/<stem>_<output_postfix>_<i>.stl`` (or without the ``<stem>`` folder when
-    ``separate_folder`` is False), ``<stem>`` being the source file name from the MetaTensor's meta data.
+    """Write the STL meshes of each key's region label map (:func:`write_region_stls`, each region meshed within its
+    own box after one pass over the map), named ``<stem>_<output_postfix>_<i>.stl`` (``<stem>_<i>.stl`` without a
+    postfix), ``<stem>`` being the source file name from the MetaTensor's meta data
+    (:func:`bundle.outputs.case_name`). They go to the folder under ``folder_key`` when given (the case folder of
+    :class:`bundle.outputs.WriteCaseFolderd`, as the inference config does), else to ``<output_dir>/<stem>/`` (or
+    ``output_dir`` itself when ``separate_folder`` is False), as ``SaveImaged`` places images.
 
     Args:
         keys: region label map(s), (1, X, Y, Z) MetaTensors with an affine. The data are passed through unchanged.
-        output_dir, binary, smoothing_iterations, overwrite: see :func:`write_region_stls`.
+        output_dir, binary, smoothing_iterations, overwrite: see :func:`write_region_stls`; the smoothing default,
+            10 Taubin pairs, is the bundle's (configs/inference.json ``stl_smoothing_iterations``).
         output_postfix: part of the file names after the stem.
         separate_folder: one folder per case (default, as ``SaveImaged``).
+        folder_key: key of the folder to write into, overriding ``output_dir``.
     """
 
     def __init__(
         self,
         keys: KeysCollection,
         output_dir: str | os.PathLike = "./outputs",
-        output_postfix: str = "wound",
+        output_postfix: str = "",
         separate_folder: bool = True,
+        folder_key: str | None = None,
         binary: bool = True,
-        smoothing_iterations: int = 0,
+        smoothing_iterations: int = 10,
         overwrite: bool = False,
         allow_missing_keys: bool = False,
     ) -> None:
@@ -287,6 +286,7 @@ class SaveRegionMeshesd(MapTransform):
         self.output_dir = Path(output_dir)
         self.output_postfix = output_postfix
         self.separate_folder = separate_folder
+        self.folder_key = folder_key
         self.binary = binary
         self.smoothing_iterations = smoothing_iterations
         self.overwrite = overwrite
@@ -297,13 +297,20 @@ class SaveRegionMeshesd(MapTransform):
             regions = d[key]
             if not isinstance(regions, torch.Tensor) or not hasattr(regions, "affine"):
                 raise ValueError(f"'{key}': expected a MetaTensor with an affine to place the meshes in the scan")
-            stem = file_stem(regions.meta)
-            folder = self.output_dir / stem if self.separate_folder else self.output_dir
+            stem = case_name(regions)
+            if self.folder_key is not None:
+                folder = Path(d[self.folder_key])
+            else:
+                folder = self.output_dir / stem if self.separate_folder else self.output_dir
+            labels = convert_to_numpy(regions)[0]
+            labels = labels if np.issubdtype(labels.dtype, np.integer) else labels.astype(np.int64)
+            box, box_affine = crop_to_regions(labels, convert_to_numpy(regions.affine).astype(np.float64))
             paths = write_region_stls(
-                regions,
-                None,
+                labels[box],
+                box_affine,
                 folder,
-                f"{stem}_{self.output_postfix}",
+                f"{stem}_{self.output_postfix}" if self.output_postfix else stem,
+                space=str(regions.meta.get(MetaKeys.SPACE, SpaceKeys.RAS.value)),
                 binary=self.binary,
                 smoothing_iterations=self.smoothing_iterations,
                 overwrite=self.overwrite,

@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,10 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
 import bundle.outputs
-from bundle.outputs import WriteCaseOutputsd, is_temporary, prepare_output_dir, write_text_atomically
+import bundle.stl
+from bundle.figures import SaveOverviewd
+from bundle.outputs import WriteCaseFolderd, is_temporary, prepare_output_dir, write_text_atomically
+from bundle.slicer_segmentation import SaveSlicerSegmentationd
 from tests.conftest import CASES, SINGLE_THREAD_ENV, assert_same_case, inference_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,7 +157,8 @@ def test_two_runs_writing_the_same_case_at_once_leave_one_complete_output(
 
 
 def _case_data(regions: int) -> dict:
-    """The keys :class:`WriteCaseOutputsd` reads, for a 12^3 case ``case07`` with ``regions`` cubic wound regions."""
+    """The keys the output steps of configs/inference.json read, for a 12^3 case ``case07`` with ``regions`` cubic
+    wound regions (already in the input's grid)."""
     meta = {"filename_or_obj": "/data/case07.nii.gz"}
     wound = torch.zeros(1, 12, 12, 12)
     for label in range(1, regions + 1):
@@ -175,24 +180,27 @@ def _case_data(regions: int) -> dict:
     }
 
 
-def _writer(output: Path, run: str, overwrite: bool) -> WriteCaseOutputsd:
-    return WriteCaseOutputsd(
-        "anomaly_map",
-        output_dir=output,
-        anomaly_2mm_key="pred_anomaly",
-        recon1_key="pred_recon1",
-        recon2_key="pred_recon2",
-        search_region_key="search_region",
-        thresholds={"run": run},
-        figure=False,
-        stl_smoothing_iterations=0,
-        overwrite=overwrite,
-    )
+def _writer(output: Path, run: str, overwrite: bool) -> Callable[[dict], dict]:
+    """The config's scoring, report and writing steps, the report marked with ``run`` as the model version (called in
+    turn, not through ``Compose``, which would wrap the errors)."""
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / "inference.json"))
+    overrides = {"output_dir": str(output), "overwrite": overwrite, "write_figure": False, "model_version": run}
+    parser.update({"bundle_root": str(ROOT), "stl_smoothing_iterations": 0, **overrides})
+    ids = ("scoring_steps", "report_steps", "writing_steps")
+    steps = [parser.get_parsed_content(f"{name}#{i}") for name in ids for i in range(len(parser[name]))]
+
+    def write(data: dict) -> dict:
+        for step in steps:
+            data = step(data)
+        return data
+
+    return write
 
 
 def _assert_written_by(case: Path, run: str, regions: int) -> None:
     report = json.loads((case / "report.json").read_text())
-    assert report["thresholds"] == {"run": run} and report["num_regions"] == regions
+    assert report["model"]["version"] == run and report["num_regions"] == regions
     assert len(list(case.glob("*.stl"))) == regions
 
 
@@ -202,7 +210,7 @@ def test_a_case_finished_by_another_run_meanwhile_is_never_mixed(tmp_path, monke
     stops with a clear error and B's case stays; with it, A's case replaces B's as a whole."""
     output = tmp_path / "out"
     output.mkdir()
-    write_meshes = bundle.outputs.write_region_stls
+    write_meshes = bundle.stl.write_region_stls
     interleaved = []
 
     def meshes_then_the_other_run(*args, **kwargs):
@@ -211,7 +219,7 @@ def test_a_case_finished_by_another_run_meanwhile_is_never_mixed(tmp_path, monke
             _writer(output, "B", overwrite)(_case_data(regions=1))
         return write_meshes(*args, **kwargs)
 
-    monkeypatch.setattr(bundle.outputs, "write_region_stls", meshes_then_the_other_run)
+    monkeypatch.setattr(bundle.stl, "write_region_stls", meshes_then_the_other_run)
     first = _writer(output, "A", overwrite)
     if overwrite:
         first(_case_data(regions=2))
@@ -306,8 +314,8 @@ def test_false_typed_on_the_command_line_means_false(typed, tmp_path):
     switches = {"overwrite": typed, "write_figure": typed, "write_slicer_segmentation": typed}
     parser.update({"bundle_root": str(ROOT), "output_dir": str(taken), **switches})
     writer = parser.get_parsed_content("writing_steps#0")
-    assert isinstance(writer, WriteCaseOutputsd)
-    assert (writer.overwrite, writer.figure, writer.slicer_segmentation) == (False, False, False)
+    assert isinstance(writer, WriteCaseFolderd) and writer.overwrite is False
+    assert not [w for w in writer.writers if isinstance(w, (SaveOverviewd, SaveSlicerSegmentationd))]
     with pytest.raises(RuntimeError) as refused:  # MONAI wraps the component's error
         parser.get_parsed_content("checked_output_dir")
     assert "output folder is not empty" in str(refused.value.__cause__)

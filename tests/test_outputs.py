@@ -1,4 +1,5 @@
-"""Per-case writers of bundle/outputs.py on label maps of any integer type, without full-size copies."""
+"""Per-case report and writers (bundle/report.py, bundle/outputs.py) on label maps of any integer type, without
+full-size copies."""
 
 import nibabel as nib
 import numpy as np
@@ -7,7 +8,8 @@ import torch
 from monai.data import MetaTensor, NibabelWriter
 from monai.utils import convert_to_numpy
 
-from bundle.outputs import _write_nifti, crop_to_regions, region_statistics
+from bundle.outputs import SaveJSONd, SaveNiftid, WriteCaseFolderd, write_nifti
+from bundle.report import CaseReportd, RegionStatisticsd, crop_to_regions, region_statistics
 
 AFFINE = np.array([[-0.6, 0.05, 0, 60], [0, -0.6, 0, 50], [0.02, 0, 0.9, -20], [0, 0, 0, 1]], float)
 
@@ -35,7 +37,7 @@ def test_region_statistics_counts_each_region_whatever_the_integer_type(dtype):
 def test_write_nifti_equals_monai_writer_with_set_metadata(dtype, tmp_path):
     """The affine handed to NibabelWriter directly gives the same file as ``set_metadata(meta, resample=False)``."""
     array = MetaTensor(torch.from_numpy(_regions().astype(dtype))[None], affine=torch.as_tensor(AFFINE))
-    _write_nifti(array, tmp_path / "ours.nii.gz", np.dtype(dtype))
+    write_nifti(array, tmp_path / "ours.nii.gz", np.dtype(dtype))
     writer = NibabelWriter(output_dtype=dtype)
     writer.set_data_array(convert_to_numpy(array).astype(dtype), channel_dim=0)
     writer.set_metadata(dict(array.meta), resample=False)
@@ -56,3 +58,36 @@ def test_crop_to_regions_keeps_every_region_in_place():
     assert region_statistics(regions[box], box_affine) == region_statistics(regions, AFFINE)  # same world boxes
     empty_box, _ = crop_to_regions(np.zeros((5, 5, 5), np.uint8), AFFINE)
     assert np.zeros((5, 5, 5))[empty_box].shape == (1, 1, 1)  # never empty: scipy's find_objects needs a voxel
+
+
+def _labelled_case() -> dict:
+    regions = MetaTensor(torch.from_numpy(_regions())[None], affine=torch.as_tensor(AFFINE))
+    regions.meta["filename_or_obj"] = "/data/case03.nii.gz"
+    return {"image": regions.clone(), "pred": regions, "score_a": 7}
+
+
+def test_case_report_gathers_scores_regions_and_settings():
+    data = RegionStatisticsd("pred")(_labelled_case())
+    report = CaseReportd(
+        "image", scores={"two_reconstructions": "score_a"}, settings={"grow_steps": 4}, model_version="0.6.0"
+    )(data)["report"]
+    assert report["case"] == "case03" and report["num_regions"] == 3 and report["thresholds"] == {"grow_steps": 4}
+    assert report["subject_score"]["two_reconstructions"] == 7 and report["model"]["version"] == "0.6.0"
+    volume = sum(region["volume_mm3"] for region in region_statistics(_regions(), AFFINE))
+    assert report["subject_score"]["wound_volume_mm3"] == pytest.approx(volume, abs=1e-3)
+
+
+def test_case_folder_is_published_whole_or_not_at_all(tmp_path):
+    data = CaseReportd("image", scores={})(RegionStatisticsd("pred")(_labelled_case()))
+    writers = [SaveNiftid("pred", file_names="wound", output_dtype="uint8"), SaveJSONd("report")]
+    out = WriteCaseFolderd(writers, tmp_path)(data)
+    assert out["case_folder"] == tmp_path / "case03"
+    assert sorted(p.name for p in (tmp_path / "case03").iterdir()) == ["report.json", "wound.nii.gz"]
+    np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "case03" / "wound.nii.gz").dataobj), _regions())
+
+    def failing(_):
+        raise RuntimeError("figure backend missing")
+
+    with pytest.raises(RuntimeError, match="figure backend"):
+        WriteCaseFolderd([*writers, failing], tmp_path / "second")(data)
+    assert list((tmp_path / "second").iterdir()) == []  # the partial folder is gone, nothing published

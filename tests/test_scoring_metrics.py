@@ -16,7 +16,7 @@ from bundle.metrics import (
     dice_at_threshold,
     subject_auroc,
 )
-from bundle.scoring import SubjectScored, subject_score
+from bundle.scoring import AbsoluteDifferenced, SubjectScored, subject_score
 
 
 def hand_made_map() -> np.ndarray:
@@ -35,9 +35,11 @@ def test_subject_score_counts_voxels_surviving_erosion(structure):
     assert subject_score(volume, threshold=0.1, erosion_iterations=1, structure=structure) == 6
     assert subject_score(volume, threshold=0.1, erosion_iterations=0) == 60 + 1 + 5
     assert subject_score(volume, threshold=0.7, erosion_iterations=0) == 1
-    assert subject_score(volume, threshold=0.7) == 0
-    assert subject_score(volume, threshold=0.5) == 6  # a voxel at the threshold counts (>=, as AsDiscrete)
-    assert subject_score(volume, threshold=0.51) == 0
+    assert subject_score(volume, threshold=0.7, erosion_iterations=1) == 0
+    assert (
+        subject_score(volume, threshold=0.5, erosion_iterations=1) == 6
+    )  # a voxel at the threshold counts (>=, as AsDiscrete)
+    assert subject_score(volume, threshold=0.51, erosion_iterations=1) == 0
     assert subject_score(np.zeros((4, 4, 4)), threshold=0.1) == 0
 
 
@@ -58,7 +60,7 @@ def test_subject_score_accepts_numpy_torch_and_channel_dims():
     volume = hand_made_map()
     as_meta = MetaTensor(torch.from_numpy(volume)[None])
     for variant in (volume, volume[None], volume[None, None], torch.from_numpy(volume), as_meta):
-        assert subject_score(variant, threshold=0.1) == 6
+        assert subject_score(variant, threshold=0.1, erosion_iterations=1) == 6
     with pytest.raises(ValueError, match="one 3D anomaly map"):
         subject_score(np.zeros((3, 8, 8, 8)), threshold=0.1)
 
@@ -66,11 +68,13 @@ def test_subject_score_accepts_numpy_torch_and_channel_dims():
 def test_subject_score_does_not_erode_from_outside_the_volume():
     volume = np.zeros((8, 8, 8), dtype=np.float32)
     volume[:3, :3, :3] = 1.0  # a corner block: only its inner faces erode
-    assert subject_score(volume, threshold=0.5) == 8
+    assert subject_score(volume, threshold=0.5, erosion_iterations=1) == 8
 
 
 def test_subject_scored_writes_the_score_key():
-    data = SubjectScored("anomaly", threshold=0.1)({"anomaly": torch.from_numpy(hand_made_map())[None]})
+    data = SubjectScored("anomaly", threshold=0.1, erosion_iterations=1)(
+        {"anomaly": torch.from_numpy(hand_made_map())[None]}
+    )
     assert data["anomaly_score"] == 6 and isinstance(data["anomaly_score"], int)
 
 
@@ -79,19 +83,21 @@ def test_subject_score_counts_only_voxels_in_the_region():
     far = np.zeros_like(volume)
     far[10:14, 10:14, 10:14] = 0.5  # a second block, far from the jaw: 2 x 2 x 2 survive the erosion
     volume = np.maximum(volume, far)
-    assert subject_score(volume, threshold=0.1) == 6 + 8
+    assert subject_score(volume, threshold=0.1, erosion_iterations=1) == 6 + 8
     region = np.zeros(volume.shape, dtype=bool)
     region[:10, :10, :10] = True  # the search region holds the first block only
-    assert subject_score(volume, threshold=0.1, region=region) == 6
+    assert subject_score(volume, threshold=0.1, region=region, erosion_iterations=1) == 6
     # the region's border cuts the eroded block (x 5..7, y 5..6, z 5) to x = 5: it does not erode the block again
     region[6:] = False
-    assert subject_score(volume, threshold=0.1, region=region) == 1 * 2 * 1
+    assert subject_score(volume, threshold=0.1, region=region, erosion_iterations=1) == 1 * 2 * 1
     region[:] = False
     region[4:9, 4:8, 4] = True  # only the block's bottom layer, which the erosion removes
-    assert subject_score(volume, threshold=0.1, region=region[None]) == 0
-    assert subject_score(volume, threshold=0.1, region=np.ones(volume.shape, bool)) == subject_score(volume, 0.1)
+    assert subject_score(volume, threshold=0.1, region=region[None], erosion_iterations=1) == 0
+    assert subject_score(
+        volume, threshold=0.1, region=np.ones(volume.shape, bool), erosion_iterations=1
+    ) == subject_score(volume, 0.1, erosion_iterations=1)
     data = {"anomaly": torch.from_numpy(volume)[None], "search_region": torch.from_numpy(region)[None]}
-    assert SubjectScored("anomaly", 0.1, region_key="search_region")(data)["anomaly_score"] == 0
+    assert SubjectScored("anomaly", 0.1, region_key="search_region", erosion_iterations=1)(data)["anomaly_score"] == 0
     with pytest.raises(ValueError, match="region has shape"):
         subject_score(volume, threshold=0.1, region=np.ones((8, 8, 8), bool))
 
@@ -173,3 +179,13 @@ def test_subject_auroc_uses_scores_and_handles_ties():
     assert subject_auroc(np.array([0, 0, 1, 30, 1500]), np.array([0, 0, 0, 1, 1])) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="labels"):
         subject_auroc([0, 1], [0, 1, 1])
+
+
+def test_absolute_difference_is_stored_under_its_name():
+    reconstruction = torch.tensor([[[[0.2, 0.9], [0.5, 0.5]]]])
+    image = torch.tensor([[[[0.7, 0.4], [0.5, 0.0]]]])
+    data = AbsoluteDifferenced("recon", reference_key="image", names="residual")(
+        {"recon": reconstruction, "image": image}
+    )
+    torch.testing.assert_close(data["residual"], torch.tensor([[[[0.5, 0.5], [0.0, 0.5]]]]))
+    assert data["recon"] is reconstruction

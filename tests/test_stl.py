@@ -11,7 +11,6 @@ import torch
 from monai.data import MetaTensor
 from stl import mesh as stl_mesh
 
-from bundle.outputs import WriteCaseOutputsd
 from bundle.stl import SaveRegionMeshesd, mesh_volume, region_mesh, taubin_smooth, write_region_stls, write_stl
 
 # anisotropic spacing (0.6, 0.9, 1.3 mm) with a rotation; FLIPPED mirrors the first axis (negative determinant)
@@ -128,7 +127,7 @@ def _irregular_region() -> np.ndarray:
 
 @pytest.mark.parametrize("region", [sphere(), _irregular_region()], ids=["sphere", "irregular"])
 def test_default_smoothing_keeps_the_mesh_closed_and_its_volume_within_5_percent(region):
-    iterations = WriteCaseOutputsd("anomaly_map", output_dir=".").stl_smoothing_iterations
+    iterations = SaveRegionMeshesd("pred").smoothing_iterations
     assert iterations > 0  # the inference default smooths
     raw_vertices, raw_faces = region_mesh(region, FLIPPED)
     vertices, faces = region_mesh(region, FLIPPED, smoothing_iterations=iterations)

@@ -129,7 +129,7 @@ class WoundLabelWriter(Operator):
         writer = NibabelWriter(output_dtype=np.uint8)
         writer.set_data_array(labels, channel_dim=None)
         # the labels are on the input's grid already; set_metadata(resample=False) would still resample, and fails on
-        # inputs stored with permuted axes (see bundle/outputs.py:_write_nifti)
+        # inputs stored with permuted axes (see bundle/outputs.py:write_nifti)
         writer.affine = np.asarray(affine, dtype=np.float64)
         writer.write(str(self.output_file))
         logging.info("%s: %d wound region(s)", self.output_file, len(np.unique(labels)) - 1)

@@ -133,6 +133,7 @@ def run(repeats: int, input_spacing: float = 2.0, overrides: dict | None = None)
 
         with torch.inference_mode():
             times = time_in_turn(steps, repeats, setup=clear)
+        output_bytes = {path.name: path.stat().st_size for path in sorted(case_folder.iterdir())}  # last round's
         stages = (*STAGES, *writers)
         median = {name: times[name]["median"] for name in steps}
         median["write"] = statistics.median(map(sum, zip(*(times[name]["runs"] for name in writers))))
@@ -157,6 +158,7 @@ def run(repeats: int, input_spacing: float = 2.0, overrides: dict | None = None)
             "speedup_pipeline": naive_total / median["total"],
             "total_over_peer_reconstructions": median["total"] / median["naive_reconstructions"],
             "peak_rss_gb": peak_rss_bytes() / 1e9,
+            "output_bytes": output_bytes,
             "repeats": repeats,
         }
 
@@ -199,6 +201,9 @@ def markdown_table(result: dict) -> str:
         f"resident memory {result['peak_rss_gb']:.2f} GB; median of {result['repeats']} runs after a warm-up"
         + (f"; config overrides: {overrides}." if overrides else "."),
     ]
+    if result.get("output_bytes"):
+        sizes = ", ".join(f"{name} {size / 1e6:.2f} MB" for name, size in result["output_bytes"].items())
+        lines += ["", f"Files written: {sizes}."]
     return "\n".join(lines) + "\n"
 
 

@@ -358,15 +358,16 @@ class RemoveSmallRegions(Transform):
     """Drop regions smaller than ``min_size`` and renumber the rest 1..K' in their original order.
 
     Args:
-        min_size: the smallest size kept (a region of exactly ``min_size`` stays).
-        unit: ``"voxel"`` (default) or ``"mm3"``; for mm^3 the voxel volume comes from ``spacing`` or, when that is
+        min_size: the smallest size kept (a region of exactly ``min_size`` stays); default 320 mm^3, the bundle's
+            (configs/inference.json ``min_region_mm3``, tuned on held-out phantoms: docs/results.md).
+        unit: ``"voxel"`` or ``"mm3"`` (default); for mm^3 the voxel volume comes from ``spacing`` or, when that is
             None, from the MetaTensor's affine.
         spacing: voxel size in mm (one number or one per axis), overriding the affine.
 
     Input: (1, X, Y, Z) region label map. Output: same shape, int32.
     """
 
-    def __init__(self, min_size: float = 1, unit: str = "voxel", spacing: float | Sequence[float] | None = None):
+    def __init__(self, min_size: float = 320, unit: str = "mm3", spacing: float | Sequence[float] | None = None):
         if min_size < 0:
             raise ValueError(f"min_size must be >= 0, got {min_size}")
         self.min_size = float(min_size)
@@ -431,8 +432,8 @@ class RemoveSmallRegionsd(PerKeyd):
     def __init__(
         self,
         keys: KeysCollection,
-        min_size: float = 1,
-        unit: str = "voxel",
+        min_size: float = 320,
+        unit: str = "mm3",
         spacing: float | Sequence[float] | None = None,
         allow_missing_keys: bool = False,
     ) -> None:

@@ -5,7 +5,8 @@ with a different seed per case) at ``--input_spacing`` into a temporary folder w
 ``--num_workers`` value, ``python -m monai.bundle run --config_file configs/inference.json --datalist ...`` (overview
 figure off) twice: on the first case alone and on all cases. The difference of the two wall times divided by the
 extra cases is the time per case in a batch; what the one-case run takes beyond that is the start-up (interpreter,
-imports, config parsing, weights, the first case's one-off costs). The child's stderr shows the datalist progress bar
+imports, config parsing, weights, the first case's one-off costs); the imports are also timed apart (torch, MONAI,
+the bundle's own modules). The child's stderr shows the datalist progress bar
 (``ignite.handlers.ProgressBar``); the script checks it reached the last case. From the bundle root:
 
     python -m scripts.benchmark_batch [--cases 20] [--input_spacing 0.5] [--num_workers 0 1] \
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -57,6 +59,34 @@ def run_datalist(paths: list[Path], folder: Path, num_workers: int) -> tuple[flo
     return seconds, result.stderr
 
 
+# run in a fresh interpreter: each import timed in turn, the bundle's modules after torch and MONAI
+IMPORT_TIMER = """import json, sys, time
+times = {}
+for group, modules in json.loads(sys.argv[1]).items():
+    start = time.perf_counter()
+    for module in modules:
+        __import__(module)
+    times[group] = time.perf_counter() - start
+print(json.dumps(times))
+"""
+
+
+def bundle_modules() -> list[str]:
+    """The modules of this bundle that configs/inference.json instantiates components from."""
+    text = (ROOT / "configs" / "inference.json").read_text()
+    targets = re.findall(r'"_target_": "(bundle\.[\w.]+)\.\w+"', text)
+    return sorted(set(targets))
+
+
+def import_seconds() -> dict[str, float]:
+    """Import time of torch, then MONAI, then the bundle's modules, in a fresh interpreter (the bundle root on its
+    path)."""
+    groups = {"torch": ["torch"], "monai": ["monai"], "bundle": bundle_modules()}
+    command = [sys.executable, "-c", IMPORT_TIMER, json.dumps(groups)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
+
+
 def run(cases: int, spacing_mm: float, workers: list[int]) -> dict:
     if cases < 2:
         raise ValueError(f"--cases must be at least 2 (one case alone, then all), got {cases}")
@@ -79,7 +109,7 @@ def run(cases: int, spacing_mm: float, workers: list[int]) -> dict:
                     "start_up_seconds": one - per_case,
                 }
             )
-        return {"cases": cases, "input_spacing_mm": spacing_mm, "runs": rows}
+        return {"cases": cases, "input_spacing_mm": spacing_mm, "runs": rows, "import_seconds": import_seconds()}
 
 
 def markdown_table(result: dict) -> str:
@@ -92,6 +122,12 @@ def markdown_table(result: dict) -> str:
             f"| {row['num_workers']} | {row['all_cases_seconds']:.1f} | {row['per_case_seconds']:.2f} | "
             f"{row['one_case_seconds']:.1f} | {row['start_up_seconds']:.1f} |"
         )
+    imports = result["import_seconds"]
+    lines += [
+        "",
+        f"Imports in a fresh interpreter: torch {imports['torch']:.2f} s, then MONAI {imports['monai']:.2f} s, then the "
+        f"bundle's modules {imports['bundle']:.2f} s.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -11,9 +11,7 @@ from monai.bundle import ConfigParser
 
 ROOT = Path(__file__).resolve().parents[1]
 # arguments whose config value is a deliberate choice of that call, not the component's general default
-CALL_SPECIFIC = {
-    ("bundle.postprocessing.RemoveSmallRegionsd", "min_size"),  # 320 mm^3 in the config; 1 voxel (no-op) in general
-}
+CALL_SPECIFIC: set[tuple[str, str]] = set()
 
 
 def _bundle_components(config, path: str = ""):

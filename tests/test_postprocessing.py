@@ -234,7 +234,7 @@ def test_remove_small_regions_in_voxels_and_mm3():
     regions[0, 0, 0, 0] = 1  # 1 voxel
     regions[0, 2, 0, 0:3] = 2  # 3 voxels
     regions[0, 4:6, 4:6, 4:6] = 3  # 8 voxels
-    by_voxels = labels_of(RemoveSmallRegions(min_size=3)(regions))
+    by_voxels = labels_of(RemoveSmallRegions(min_size=3, unit="voxel")(regions))
     assert by_voxels[0, 0, 0] == 0 and (by_voxels[2, 0, :3] == 1).all() and (by_voxels[4:, 4:, 4:] == 2).all()
     # 2 mm voxels (from the MetaTensor's affine): 8 mm^3 each; 24 mm^3 keeps the 3- and 8-voxel regions
     by_volume = RemoveSmallRegionsd("regions", min_size=24, unit="mm3")({"regions": meta_volume(regions, torch.int32)})
@@ -268,7 +268,7 @@ def test_full_chain_keeps_one_grown_wound_and_the_meta_data():
             RemoveTissueRegionsd("anomaly", image_key="image"),
             GrowRegionsd("anomaly", image_key="image", reconstruction_key="g2", steps=10),
             RemoveSoftTissued("anomaly", cbct_key="cbct", allow_missing_keys=True),
-            RemoveSmallRegionsd("anomaly", min_size=2),
+            RemoveSmallRegionsd("anomaly", min_size=2, unit="voxel"),
         ]
     )
     out = chain(data)["anomaly"]

@@ -125,8 +125,8 @@ def markdown_table(result: dict) -> str:
     imports = result["import_seconds"]
     lines += [
         "",
-        f"Imports in a fresh interpreter: torch {imports['torch']:.2f} s, then MONAI {imports['monai']:.2f} s, then the "
-        f"bundle's modules {imports['bundle']:.2f} s.",
+        f"Imports in a fresh interpreter: torch {imports['torch']:.2f} s, then MONAI {imports['monai']:.2f} s, "
+        f"then the bundle's modules {imports['bundle']:.2f} s.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -4,7 +4,7 @@ MONAI's metric handlers each reduce one (prediction, label) pair per iteration; 
 both subject scores, the voxel metrics of the map and of the final wound segmentation, and then the separation of
 lesion and normal subjects over the whole set. ``AnomalyEvaluationHandler`` collects those per case and writes one
 ``metrics.json``; the voxel metrics themselves come from ``bundle.metrics`` (built on MONAI's ``compute_dice`` and
-``compute_roc_auc``).
+``compute_roc_auc``, ``compute_hausdorff_distance``).
 """
 
 from __future__ import annotations
@@ -12,15 +12,26 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.utils import convert_to_numpy
+from monai.utils import convert_to_tensor
 
-from bundle.metrics import average_precision, best_dice, subject_auroc
+from bundle.metrics import (
+    VoxelAveragePrecisionMetric,
+    average_precision,
+    best_dice,
+    dice_at_threshold,
+    hausdorff95_mm,
+    subject_auroc,
+)
 from bundle.outputs import write_text_atomically
+
+# name -> output key of the maps measured at voxel level: those of configs/inference.json#scoring_steps
+DEFAULT_MAPS = {"two_reconstructions": "pred_anomaly", "original_vs_reconstruction": "pred_residual"}
 
 
 def _finite(values: list[float]) -> list[float]:
@@ -39,16 +50,31 @@ def _summary(values: list[float]) -> dict:
     }
 
 
+# lesion size classes of the breakdown, cm^3: [low, high)
+SIZE_CLASSES = {"under 1 cm^3": (0.0, 1.0), "1-3 cm^3": (1.0, 3.0), "over 3 cm^3": (3.0, math.inf)}
+
+
+def size_class(volume_ml: float) -> str:
+    """The breakdown class of a lesion volume in cm^3 (``SIZE_CLASSES``)."""
+    return next(name for name, (low, high) in SIZE_CLASSES.items() if low <= volume_ml < high)
+
+
 class AnomalyEvaluationHandler:
     """Collect per-case results during an inference run and write ``<output_dir>/metrics.json`` at its end.
 
     Reads, per decollated case, from the engine's batch: ``truth_key`` (lesion mask on the 2 mm grid, absent or
     empty for healthy subjects) and ``lesion_key`` (the datalist's lesion kind, ``"none"`` for healthy); from the
-    engine's output: ``anomaly_key`` (the anomaly map), ``wound_key`` (the final region map) and ``report_key``
-    (the report of :class:`bundle.report.CaseReportd`, holding the three subject scores), and, when the
-    datalist gives it, ``lesion_volume_key`` (the lesion's volume in cm^3). The summary counts the lesions of at
-    least ``found_min_volume_ml`` whose wound segmentation reaches a Dice above ``found_dice`` ("found"), and the
-    normal subjects with any wound region.
+    engine's output: ``maps`` (name -> key of each continuous map measured at voxel level: the two-reconstruction
+    map and the original-vs-reconstruction map of the inference config's ``scoring_steps``), ``wound_key`` (the final
+    region map on the 2 mm grid) and ``report_key`` (the report of :class:`bundle.report.CaseReportd`, holding the
+    three subject scores), and, when the datalist gives it, ``lesion_volume_key`` (the lesion's volume in cm^3).
+
+    Per lesion case: Dice and HD95 (mm, MONAI's metrics) of the wound segmentation; per map, average precision and
+    the best Dice over thresholds. Over the whole set: each map's average precision pooled over every voxel of every
+    case, healthy ones included (as the MOOD challenge counts it, :class:`bundle.metrics.VoxelAveragePrecisionMetric`);
+    subject-score separation; the lesions of at least ``found_min_volume_ml`` whose wound segmentation reaches a Dice
+    above ``found_dice`` ("found"); the normal subjects with any wound region; and a breakdown of the wound
+    segmentation by lesion kind (site) and size (``SIZE_CLASSES``).
     """
 
     def __init__(
@@ -56,7 +82,7 @@ class AnomalyEvaluationHandler:
         output_dir: str | os.PathLike,
         truth_key: str = "truth",
         lesion_key: str = "lesion",
-        anomaly_key: str = "pred_anomaly",
+        maps: Mapping[str, str] | None = None,
         wound_key: str = "wound",
         report_key: str = "report",
         lesion_volume_key: str = "lesion_volume_ml",
@@ -65,22 +91,28 @@ class AnomalyEvaluationHandler:
     ) -> None:
         self.output_dir = Path(output_dir)
         self.truth_key, self.lesion_key = truth_key, lesion_key
-        self.anomaly_key, self.wound_key, self.report_key = anomaly_key, wound_key, report_key
+        self.maps = dict(maps or DEFAULT_MAPS)
+        self.wound_key, self.report_key = wound_key, report_key
         self.lesion_volume_key = lesion_volume_key
         self.found_dice, self.found_min_volume_ml = found_dice, found_min_volume_ml
         self.cases: list[dict] = []
+        self.pooled = {name: VoxelAveragePrecisionMetric() for name in self.maps}
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.cases.clear())
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.reset())
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
 
+    def reset(self) -> None:
+        self.cases.clear()
+        for metric in self.pooled.values():
+            metric.reset()
+
     def collect(self, engine: Engine) -> None:
         for batch, output in zip(engine.state.batch, engine.state.output):
-            anomaly = convert_to_numpy(output[self.anomaly_key])
+            wound = convert_to_tensor(output[self.wound_key], track_meta=False) > 0
             truth = batch.get(self.truth_key)
-            truth = np.zeros(anomaly.shape, bool) if truth is None else convert_to_numpy(truth) > 0
-            wound = convert_to_numpy(output[self.wound_key]) > 0
+            truth = torch.zeros_like(wound) if truth is None else convert_to_tensor(truth, track_meta=False) > 0
             report = output[self.report_key]
             lesion = str(batch.get(self.lesion_key, "none"))
             volume = batch.get(self.lesion_volume_key)
@@ -95,14 +127,29 @@ class AnomalyEvaluationHandler:
             }
             if volume is not None:
                 case["lesion_volume_ml"] = float(volume)
+            for name, key in self.maps.items():
+                self.pooled[name](y_pred=[output[key]], y=[truth])
             if truth.any():
-                intersection = float((wound & truth).sum())
-                case["dice"] = 2.0 * intersection / float(wound.sum() + truth.sum())
-                case["average_precision"] = average_precision(torch.from_numpy(anomaly), torch.from_numpy(truth))
-                case["best_dice"], case["best_dice_threshold"] = best_dice(
-                    torch.from_numpy(anomaly), torch.from_numpy(truth)
-                )
+                spacing = output[self.wound_key].pixdim.tolist() if hasattr(output[self.wound_key], "pixdim") else 1.0
+                case["dice"] = dice_at_threshold(wound.float(), truth, 0.5)
+                case["hd95_mm"] = hausdorff95_mm(wound, truth, spacing)
+                for name, key in self.maps.items():
+                    score = convert_to_tensor(output[key], track_meta=False)
+                    prefix = self._prefix(name)
+                    case[f"{prefix}average_precision"] = average_precision(score, truth)
+                    case[f"{prefix}best_dice"], case[f"{prefix}best_dice_threshold"] = best_dice(score, truth)
             self.cases.append(case)
+
+    def _breakdown(self, cases: list[dict]) -> dict:
+        sized = [c for c in cases if c.get("lesion_volume_ml", 0.0) >= self.found_min_volume_ml]
+        return {
+            "n": len(cases),
+            "dice": _summary([c["dice"] for c in cases if "dice" in c]),
+            "hd95_mm": _summary([c["hd95_mm"] for c in cases if "hd95_mm" in c]),
+            "average_precision": _summary([c["average_precision"] for c in cases if "average_precision" in c]),
+            "found": sum(c.get("dice", 0.0) > self.found_dice for c in sized),
+            "n_at_least_min_volume": len(sized),
+        }
 
     def summary(self) -> dict:
         lesion = [c for c in self.cases if c["lesion"] != "none"]
@@ -118,11 +165,37 @@ class AnomalyEvaluationHandler:
                 entry["every_lesion_above_every_normal"] = min(lesion_scores) > max(normal_scores)
                 entry["normals_scoring_zero"] = sum(s == 0 for s in normal_scores)
             result[score] = entry
-        for metric in ("dice", "average_precision", "best_dice"):
+        for metric in ("dice", "hd95_mm", "average_precision", "best_dice"):
             result[metric] = _summary([c[metric] for c in lesion if metric in c])
+        result["voxel_metrics"] = {
+            name: {
+                "pooled_average_precision": self._pooled_average_precision(name),
+                "average_precision": _summary(
+                    [
+                        c[f"{self._prefix(name)}average_precision"]
+                        for c in lesion
+                        if f"{self._prefix(name)}average_precision" in c
+                    ]
+                ),
+                "best_dice": _summary(
+                    [c[f"{self._prefix(name)}best_dice"] for c in lesion if f"{self._prefix(name)}best_dice" in c]
+                ),
+            }
+            for name in self.maps
+        }
         result["dice_by_lesion_kind"] = {
             kind: _summary([c["dice"] for c in lesion if c["lesion"] == kind and "dice" in c])
             for kind in sorted({c["lesion"] for c in lesion})
+        }
+        result["by_lesion_kind"] = {
+            kind: self._breakdown([c for c in lesion if c["lesion"] == kind])
+            for kind in sorted({c["lesion"] for c in lesion})
+        }
+        result["by_lesion_size"] = {
+            name: self._breakdown(
+                [c for c in lesion if "lesion_volume_ml" in c and size_class(c["lesion_volume_ml"]) == name]
+            )
+            for name in SIZE_CLASSES
         }
         sized = [c for c in lesion if c.get("lesion_volume_ml", 0.0) >= self.found_min_volume_ml]
         result["lesions_found"] = {
@@ -136,6 +209,17 @@ class AnomalyEvaluationHandler:
         result["normals_with_any_region"] = sum(c["num_regions"] > 0 for c in normal)
         result["cases"] = self.cases
         return result
+
+    @staticmethod
+    def _prefix(name: str) -> str:
+        return "" if name == "two_reconstructions" else f"{name}_"
+
+    def _pooled_average_precision(self, name: str) -> float | None:
+        metric = self.pooled[name]
+        if not metric.get_buffer():
+            return None
+        value = metric.aggregate()
+        return None if math.isnan(value) else value
 
     def write(self, engine: Engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """Evaluation metrics MONAI does not provide (method.md section 8): voxel-level average precision of a continuous
 anomaly map, the best Dice over all thresholds with the threshold reaching it, plus thin wrappers around MONAI's
-``compute_dice`` (Dice at a fixed threshold) and ``compute_roc_auc`` (subject-level AUROC of scores).
+``compute_dice`` (Dice at a fixed threshold), ``compute_hausdorff_distance`` (HD95 of a segmentation in mm) and
+``compute_roc_auc`` (subject-level AUROC of scores).
 
 All threshold sweeps are one sort and cumulative sums over the voxels: every distinct score is evaluated as a
 threshold (prediction = score >= threshold) without a Python loop. Ties are grouped, as scikit-learn's
@@ -19,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import NdarrayOrTensor
-from monai.metrics import CumulativeIterationMetric, compute_dice, compute_roc_auc
-from monai.utils import convert_to_tensor
+from monai.metrics import CumulativeIterationMetric, compute_dice, compute_hausdorff_distance, compute_roc_auc
+from monai.utils import convert_to_tensor, evenly_divisible_all_gather
 
 
 def _flat_pair(y_score: NdarrayOrTensor, y_true: NdarrayOrTensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,6 +87,26 @@ def dice_at_threshold(y_score: NdarrayOrTensor, y_true: NdarrayOrTensor, thresho
     return float(compute_dice(prediction, truth.float().reshape(1, 1, -1), include_background=True)[0, 0])
 
 
+def hausdorff95_mm(y_pred: NdarrayOrTensor, y_true: NdarrayOrTensor, spacing: float | Sequence[float] = 1.0) -> float:
+    """The 95th percentile symmetric Hausdorff distance between two masks (voxels > 0), in mm: MONAI's
+    ``compute_hausdorff_distance(percentile=95)`` on one subject. ``spacing``: voxel size, one number or per axis.
+    NaN when either mask is empty (the distance is undefined)."""
+    prediction, truth = (convert_to_tensor(v, track_meta=False) > 0 for v in (y_pred, y_true))
+    if prediction.shape != truth.shape:
+        raise ValueError(f"masks of shape {tuple(prediction.shape)} and {tuple(truth.shape)} differ")
+    if not bool(prediction.any()) or not bool(truth.any()):
+        return float("nan")
+    spatial = prediction.shape[-3:]
+    distance = compute_hausdorff_distance(
+        prediction.reshape(1, 1, *spatial).float(),
+        truth.reshape(1, 1, *spatial).float(),
+        include_background=True,
+        percentile=95,
+        spacing=spacing,
+    )
+    return float(distance[0, 0])
+
+
 def _vector(values: NdarrayOrTensor | Sequence[float]) -> torch.Tensor:
     """One value per subject as a flat CPU tensor (MONAI's ROC AUC is computed on the CPU anyway)."""
     if isinstance(values, (list, tuple)):
@@ -107,14 +128,27 @@ def subject_auroc(scores: NdarrayOrTensor | Sequence[float], labels: NdarrayOrTe
 
 
 class _PooledVoxelMetric(CumulativeIterationMetric):
-    """Buffers the flattened voxels of every batch, so that ``aggregate`` sees the whole data set at once."""
+    """Buffers the flattened voxels of every batch, so that ``aggregate`` sees the whole data set at once.
+
+    Each batch is buffered as one (1, N) row: ``Cumulative.extend`` splits what it gets along the first dimension
+    into buffer items, so a flat (N,) tensor would become N one-voxel tensors (seconds and hundreds of MB per 2 mm
+    volume). The rows differ in length between volumes, so ``_sync`` concatenates them where ``Cumulative`` stacks.
+    """
+
+    def _sync(self) -> None:
+        if self._synced or self._buffers is None:
+            return
+        self._synced_tensors = [evenly_divisible_all_gather(torch.cat(b, dim=0), concat=True) for b in self._buffers]
+        self._synced = True
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any):  # type: ignore
         if y is None:
             raise ValueError(f"{self.__class__.__name__} needs the truth mask y")
         if y_pred.shape != y.shape:
             raise ValueError(f"y_pred of shape {tuple(y_pred.shape)} and y of shape {tuple(y.shape)} differ")
-        return y_pred.flatten().float(), (y.flatten() > 0).to(torch.uint8)
+        score = convert_to_tensor(y_pred, track_meta=False).flatten().float()
+        truth = convert_to_tensor(y, track_meta=False).flatten() > 0
+        return score[None], truth.to(torch.uint8)[None]
 
 
 class VoxelAveragePrecisionMetric(_PooledVoxelMetric):

@@ -289,13 +289,16 @@ class AnomalyDetector(nn.Module):
             and decoder are shared (deep copies: the generator is not aliased). Load trained weights with
             ``load_state_dict`` or build from two trained generators with ``from_generators``.
         output: ``"anomaly"`` for (B, 1, X, Y, Z) maps; ``"all"`` for (B, 3, X, Y, Z) = [anomaly, G1(x), G2(x)].
+        latent_disagreement: also return the latent disagreement map (:meth:`latent_disagreement_map`) as one more,
+            last channel.
     """
 
-    def __init__(self, generator: VQGANGenerator, output: str = "anomaly") -> None:
+    def __init__(self, generator: VQGANGenerator, output: str = "anomaly", latent_disagreement: bool = False) -> None:
         super().__init__()
         if output not in ("anomaly", "all"):
             raise ValueError(f"output must be 'anomaly' or 'all', got {output!r}")
         self.output = output
+        self.latent_disagreement = latent_disagreement
         self._downsample_factor = generator.downsample_factor
         self.encoder1 = copy.deepcopy(generator.encoder)
         self.encoder2 = copy.deepcopy(generator.encoder)
@@ -304,7 +307,7 @@ class AnomalyDetector(nn.Module):
 
     @classmethod
     def from_generators(
-        cls, stage1: VQGANGenerator, stage2: VQGANGenerator, output: str = "anomaly"
+        cls, stage1: VQGANGenerator, stage2: VQGANGenerator, output: str = "anomaly", latent_disagreement: bool = False
     ) -> "AnomalyDetector":
         """Combine the stage-1 generator (G1) and the stage-2 generator (G2) into one detector (weights copied).
 
@@ -319,12 +322,13 @@ class AnomalyDetector(nn.Module):
                     f"stage-1 and stage-2 generators have different {name} weights; stage 2 must keep the {name} "
                     "frozen (eval mode for its normalisation statistics)"
                 )
-        detector = cls(stage1, output=output)
+        detector = cls(stage1, output=output, latent_disagreement=latent_disagreement)
         detector.encoder2.load_state_dict(stage2.encoder.state_dict())
         return detector
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (B, 1, X, Y, Z) -> (B, 1, X, Y, Z) anomaly map, or (B, 3, X, Y, Z) when output == "all".
+        """``x`` (B, 1, X, Y, Z) -> (B, 1, X, Y, Z) anomaly map, or (B, 3, X, Y, Z) when output == "all"; one more
+        channel, the latent disagreement map, with ``latent_disagreement``.
 
         ``x`` must be x' (finite, in [0, 1]): a raw label map, or NaNs, raise ``ValueError`` here too, so that the
         exported TorchScript refuses what the bundle's preprocessing would have refused or transformed.
@@ -333,10 +337,29 @@ class AnomalyDetector(nn.Module):
         _check_intensity(x)
         batch = x.shape[0]
         latents = torch.cat([self.encoder1(x), self.encoder2(x)], dim=0)
-        z_q, _, _ = self.quantizer(latents)
+        z_q, _, indices = self.quantizer(latents)
         reconstructions = self.decoder(z_q)
         g1, g2 = reconstructions[:batch], reconstructions[batch:]
         anomaly = (g2 - g1) ** 2
-        if self.output == "all":
-            return torch.cat([anomaly, g1, g2], dim=1)
-        return anomaly
+        maps = [anomaly, g1, g2] if self.output == "all" else [anomaly]
+        if self.latent_disagreement:
+            maps.append(self._code_distance(indices[:batch], indices[batch:]))
+        return torch.cat(maps, dim=1) if len(maps) > 1 else anomaly
+
+    def _code_distance(self, indices1: torch.Tensor, indices2: torch.Tensor) -> torch.Tensor:
+        """Squared distance between the codebook entries ``indices1`` and ``indices2`` (B, x, y, z) of each latent
+        voxel (exactly 0 where they are the same code), repeated over the image voxels each latent voxel covers:
+        (B, 1, X, Y, Z)."""
+        codebook = self.quantizer.embedding.weight
+        distance = ((codebook[indices2] - codebook[indices1]) ** 2).sum(dim=-1).unsqueeze(1)
+        return F.interpolate(distance, scale_factor=float(self._downsample_factor), mode="nearest")
+
+    def latent_disagreement_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Where the stage-1 and stage-2 encoders choose different codes (the paper's discussion), without a decoder
+        pass: ``x`` (B, 1, X, Y, Z) -> (B, 1, X, Y, Z), the squared distance between the two chosen codes of the
+        latent voxel each image voxel belongs to; 0 where both encoders choose the same code."""
+        _check_divisible(x, self._downsample_factor)
+        _check_intensity(x)
+        batch = x.shape[0]
+        _, _, indices = self.quantizer(torch.cat([self.encoder1(x), self.encoder2(x)], dim=0))
+        return self._code_distance(indices[:batch], indices[batch:])

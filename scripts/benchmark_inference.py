@@ -123,6 +123,8 @@ def run(repeats: int, input_spacing: float = 2.0, overrides: dict | None = None)
             # the writers of WriteCaseFolderd one by one, into a plain folder (its renaming is not timed)
             **{key: (lambda writer=writer: writer(item)) for key, writer in writers.items()},
             "naive_reconstructions": lambda: peer(item["image"].unsqueeze(0)),
+            # the latent disagreement map alone: both encoders and the quantizer, no decoder (not part of the total)
+            "latent_disagreement_only": lambda: inferer(item["image"].unsqueeze(0), network.latent_disagreement_map),
         }
 
         def clear() -> None:  # a new scan each round: no outputs to replace, no keys left from the last round
@@ -152,7 +154,10 @@ def run(repeats: int, input_spacing: float = 2.0, overrides: dict | None = None)
                 "sw_batch_size": inferer.sw_batch_size,
             },
             "writers": list(writers),
-            "median_seconds": {name: median[name] for name in (*stages, "write", "total", "naive_reconstructions")},
+            "median_seconds": {
+                name: median[name]
+                for name in (*stages, "write", "total", "naive_reconstructions", "latent_disagreement_only")
+            },
             "naive_pipeline_seconds": naive_total,
             "speedup_reconstructions": median["naive_reconstructions"] / median["reconstructions"],
             "speedup_pipeline": naive_total / median["total"],
@@ -191,6 +196,13 @@ def markdown_table(result: dict) -> str:
         ("naive peer, reconstructions only (64^3 windows, overlap 0.5)", m["naive_reconstructions"]),
         ("naive peer, whole pipeline", result["naive_pipeline_seconds"]),
     ]
+    if "latent_disagreement_only" in m:
+        rows.append(
+            (
+                "latent disagreement map alone (both encoders, no decoder; not in the total)",
+                m["latent_disagreement_only"],
+            )
+        )
     lines = ["| stage | seconds |", "|---|---|"] + [f"| {name} | {seconds:.2f} |" for name, seconds in rows]
     overrides = " ".join(f"{k}={v}" for k, v in result["overrides"].items())
     lines += [

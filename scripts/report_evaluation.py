@@ -54,52 +54,98 @@ def acceptance_rows(metrics: dict) -> list[tuple[str, str, str]]:
     dice, found = metrics["dice"], metrics["lesions_found"]
     normals, with_region = metrics["num_normal_cases"], metrics["normals_with_any_region"]
     volume = metrics["lesion_volume_ml"]
-    return [
-        ("subjects: healthy / lesion", f"{normals} / {metrics['num_lesion_cases']}", ""),
+    return (
+        [
+            ("subjects: healthy / lesion", f"{normals} / {metrics['num_lesion_cases']}", ""),
+            (
+                "lesion volume, cm^3: min / mean / max",
+                f"{volume['min']:.2f} / {volume['mean']:.2f} / {volume['max']:.2f}",
+                "",
+            ),
+            (
+                "two-reconstruction score: lowest lesion / highest healthy",
+                f"{two['lesion']['min']:g} / {two['normal']['max']:g}",
+                _met(two["every_lesion_above_every_normal"]),
+            ),
+            ("AUROC, two-reconstruction score", f"{two['auroc']:.3f}", ""),
+            (
+                "wound-volume score, mm^3: lowest lesion / highest healthy",
+                f"{wound['lesion']['min']:g} / {wound['normal']['max']:g}",
+                _met(wound["every_lesion_above_every_normal"]),
+            ),
+            ("AUROC, wound-volume score", f"{wound['auroc']:.3f}", ""),
+            ("AUROC, original-vs-reconstruction score", f"{other['auroc']:.3f}", ""),
+            (
+                "Dice of the wound segmentation: mean (min, max)",
+                f"{dice['mean']:.3f} ({dice['min']:.3f}, {dice['max']:.3f})",
+                _met(dice["mean"] >= MEAN_DICE_TARGET),
+            ),
+            (
+                f"lesions >= {found['min_volume_ml']:g} cm^3 with Dice > {found['dice_above']:g}",
+                f"{found['found']} of {found['n']}",
+                _met(found["found"] == found["n"]),
+            ),
+            (
+                "healthy subjects with any wound region",
+                f"{with_region} of {normals}",
+                _met(with_region <= HEALTHY_WITH_REGION_SHARE * normals),
+            ),
+            (
+                "false-positive wound voxels per healthy subject (2 mm): mean (max)",
+                f"{metrics['false_positive_voxels_in_normals']['mean']:.1f} "
+                f"({metrics['false_positive_voxels_in_normals']['max']:g})",
+                "",
+            ),
+        ]
+        + [
+            (f"Dice, {kind}: mean (min) over {entry['n']}", f"{entry['mean']:.3f} ({entry['min']:.3f})", "")
+            for kind, entry in metrics["dice_by_lesion_kind"].items()
+            if entry["n"]
+        ]
+        + voxel_rows(metrics)
+    )
+
+
+def voxel_rows(metrics: dict) -> list[tuple[str, str, str]]:
+    """Voxel-level rows (HD95, average precision of both maps, breakdown by lesion size) of a ``metrics.json`` that
+    has them (evaluations since version 0.6.0)."""
+    if "voxel_metrics" not in metrics:
+        return []
+    hd95 = metrics["hd95_mm"]
+    rows = [
         (
-            "lesion volume, cm^3: min / mean / max",
-            f"{volume['min']:.2f} / {volume['mean']:.2f} / {volume['max']:.2f}",
+            "HD95 of the wound segmentation, mm: mean (max) over lesions with a region",
+            f"{hd95['mean']:.1f} ({hd95['max']:.1f})" if hd95["n"] else "-",
             "",
-        ),
-        (
-            "two-reconstruction score: lowest lesion / highest healthy",
-            f"{two['lesion']['min']:g} / {two['normal']['max']:g}",
-            _met(two["every_lesion_above_every_normal"]),
-        ),
-        ("AUROC, two-reconstruction score", f"{two['auroc']:.3f}", ""),
-        (
-            "wound-volume score, mm^3: lowest lesion / highest healthy",
-            f"{wound['lesion']['min']:g} / {wound['normal']['max']:g}",
-            _met(wound["every_lesion_above_every_normal"]),
-        ),
-        ("AUROC, wound-volume score", f"{wound['auroc']:.3f}", ""),
-        ("AUROC, original-vs-reconstruction score", f"{other['auroc']:.3f}", ""),
-        (
-            "Dice of the wound segmentation: mean (min, max)",
-            f"{dice['mean']:.3f} ({dice['min']:.3f}, {dice['max']:.3f})",
-            _met(dice["mean"] >= MEAN_DICE_TARGET),
-        ),
-        (
-            f"lesions >= {found['min_volume_ml']:g} cm^3 with Dice > {found['dice_above']:g}",
-            f"{found['found']} of {found['n']}",
-            _met(found["found"] == found["n"]),
-        ),
-        (
-            "healthy subjects with any wound region",
-            f"{with_region} of {normals}",
-            _met(with_region <= HEALTHY_WITH_REGION_SHARE * normals),
-        ),
-        (
-            "false-positive wound voxels per healthy subject (2 mm): mean (max)",
-            f"{metrics['false_positive_voxels_in_normals']['mean']:.1f} "
-            f"({metrics['false_positive_voxels_in_normals']['max']:g})",
-            "",
-        ),
-    ] + [
-        (f"Dice, {kind}: mean (min) over {entry['n']}", f"{entry['mean']:.3f} ({entry['min']:.3f})", "")
-        for kind, entry in metrics["dice_by_lesion_kind"].items()
-        if entry["n"]
+        )
     ]
+    for name, entry in metrics["voxel_metrics"].items():
+        label = name.replace("_", "-")
+        pooled = entry["pooled_average_precision"]
+        rows.append(
+            (
+                f"voxel average precision, {label} map: pooled over all cases",
+                "-" if pooled is None else f"{pooled:.3f}",
+                "",
+            )
+        )
+        for measure in ("average_precision", "best_dice"):
+            summary = entry[measure]
+            if summary["n"]:
+                rows.append(
+                    (
+                        f"{measure.replace('_', ' ')}, {label} map: mean (min) per lesion",
+                        f"{summary['mean']:.3f} ({summary['min']:.3f})",
+                        "",
+                    )
+                )
+    for size, entry in metrics["by_lesion_size"].items():
+        if entry["n"]:
+            dice = entry["dice"]
+            rows.append(
+                (f"lesions {size}: Dice mean (min) over {entry['n']}", f"{dice['mean']:.3f} ({dice['min']:.3f})", "")
+            )
+    return rows
 
 
 def eval_metrics(runs: dict[str, dict]) -> dict[str, float]:

@@ -40,7 +40,7 @@ from monai.transforms import Compose
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bundle.metrics import average_precision  # noqa: E402
+from bundle.metrics import average_precision, dice_at_threshold  # noqa: E402
 from bundle.scoring import subject_score  # noqa: E402
 from bundle.weights import load_verified_weights  # noqa: E402
 
@@ -130,7 +130,7 @@ def segmentation_metrics(parser: ConfigParser, cases: list[dict]) -> dict:
         wound = segment(steps, case, parser["image_key"])
         if has_lesion(case):
             truth = case["truth"]
-            dice.append(2.0 * float((wound & truth).sum()) / float(wound.sum() + truth.sum()))
+            dice.append(dice_at_threshold(wound, truth, 0.5))
             lesion_volumes.append(int(wound.sum()))
         else:
             false_positives.append(int(wound.sum()))

@@ -1,10 +1,15 @@
-"""The evaluation summary's counts: lesions found by size, normal subjects with any wound region, AUROC."""
+"""The evaluation summary's counts (lesions found by size, normal subjects with any wound region, AUROC) and its
+voxel metrics on hand-computed cases."""
 
 from __future__ import annotations
 
-import pytest
+from types import SimpleNamespace
 
-from bundle.evaluation import AnomalyEvaluationHandler
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from bundle.evaluation import AnomalyEvaluationHandler, size_class
 
 
 def _case(name, lesion, score, regions, dice=None, volume=None):
@@ -47,3 +52,50 @@ def test_summary_counts_found_lesions_by_size_and_normals_with_regions(tmp_path)
     volume = summary["score_wound_volume"]
     assert volume["lesion"]["min"] == 0 and volume["normal"]["max"] == 30
     assert volume["auroc"] == pytest.approx((3 * 2 + 0.5) / 8) and volume["normals_scoring_zero"] == 1
+
+
+def _grid(values: torch.Tensor) -> MetaTensor:
+    return MetaTensor(values[None].float(), affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
+
+
+def test_collected_voxel_metrics_match_hand_computed_values(tmp_path):
+    """One lesion case (a 3^3 cube; the wound is the cube moved by one voxel; the maps are the truth itself and its
+    complement) and one healthy case, through ``collect`` as the engine calls it."""
+    truth = torch.zeros(10, 10, 10)
+    truth[2:5, 2:5, 2:5] = 1
+    wound = torch.roll(truth, 1, dims=0)
+    healthy = torch.zeros(10, 10, 10)
+    report = {
+        "case": "c",
+        "subject_score": {"two_reconstructions": 3, "original_vs_reconstruction": 1, "wound_volume_mm3": 216.0},
+        "num_regions": 1,
+    }
+    state = SimpleNamespace(
+        batch=[
+            {"truth": _grid(truth), "lesion": "onj", "lesion_volume_ml": 2.0},
+            {"lesion": "none"},
+        ],
+        output=[
+            {"wound": _grid(wound), "pred_anomaly": _grid(truth), "pred_residual": _grid(1 - truth), "report": report},
+            {
+                "wound": _grid(healthy),
+                "pred_anomaly": _grid(healthy),
+                "pred_residual": _grid(healthy),
+                "report": dict(report, case="h", num_regions=0),
+            },
+        ],
+    )
+    handler = AnomalyEvaluationHandler(tmp_path)
+    handler.collect(SimpleNamespace(state=state))
+    lesion = handler.cases[0]
+    assert lesion["dice"] == pytest.approx(2 * 18 / 54)  # the moved cube keeps 2 of its 3 layers
+    assert lesion["hd95_mm"] == pytest.approx(2.0)  # one voxel of 2 mm
+    assert lesion["average_precision"] == pytest.approx(1.0) and lesion["best_dice"] == pytest.approx(1.0)
+    assert lesion["original_vs_reconstruction_average_precision"] == pytest.approx(27 / 1000)  # all tied at 0
+    summary = handler.summary()
+    pooled = summary["voxel_metrics"]["two_reconstructions"]["pooled_average_precision"]
+    assert pooled == pytest.approx(1.0)  # the healthy case's zeros rank below every lesion voxel
+    assert summary["voxel_metrics"]["original_vs_reconstruction"]["pooled_average_precision"] < 0.03
+    assert summary["by_lesion_size"]["1-3 cm^3"]["n"] == 1 and summary["by_lesion_size"]["under 1 cm^3"]["n"] == 0
+    assert summary["by_lesion_kind"]["onj"]["hd95_mm"]["mean"] == pytest.approx(2.0)
+    assert [size_class(v) for v in (0.5, 1.0, 2.99, 3.0)] == ["under 1 cm^3", "1-3 cm^3", "1-3 cm^3", "over 3 cm^3"]

@@ -159,6 +159,33 @@ def test_anomaly_detector_equals_two_generators():
     torch.testing.assert_close(outputs, torch.cat([(g2 - g1) ** 2, g1, g2], dim=1), rtol=1e-5, atol=1e-7)
 
 
+def test_latent_disagreement_is_the_distance_of_the_two_chosen_codes():
+    stage1 = _generator(seed=0)
+    _settle_batch_norm(stage1, (16, 8, 12))
+    x = _volume(16, 8, 12, seed=5)
+    same = AnomalyDetector.from_generators(stage1, copy.deepcopy(stage1), latent_disagreement=True).eval()
+    stage2 = copy.deepcopy(stage1)
+    with torch.no_grad():
+        for parameter in stage2.encoder.parameters():
+            parameter.add_(0.2 * torch.randn_like(parameter))
+    detector = AnomalyDetector.from_generators(stage1, stage2, output="all", latent_disagreement=True).eval()
+    with torch.no_grad():
+        assert torch.equal(
+            same.latent_disagreement_map(x), torch.zeros(2, 1, 16, 8, 12)
+        )  # one encoder: no disagreement
+        outputs, latent = detector(x), detector.latent_disagreement_map(x)
+        _, _, codes1 = stage1.quantizer(stage1.encoder(x))
+        _, _, codes2 = stage2.quantizer(stage2.encoder(x))
+    assert outputs.shape == (2, 4, 16, 8, 12) and torch.equal(outputs[:, 3:], latent)
+    factor = stage1.downsample_factor
+    codebook = stage1.quantizer.embedding.weight
+    expected = ((codebook[codes2] - codebook[codes1]) ** 2).sum(-1)  # (B, x, y, z) on the latent grid
+    torch.testing.assert_close(latent[:, 0, ::factor, ::factor, ::factor], expected)
+    assert bool((codes1 != codes2).any()) and bool(
+        (latent[:, 0, ::factor, ::factor, ::factor] == 0).eq(codes1 == codes2).all()
+    )
+
+
 def test_from_generators_copies_weights_and_names_state_dict():
     stage1 = _generator(seed=0)
     stage2 = copy.deepcopy(stage1)
@@ -191,11 +218,11 @@ def test_from_generators_refuses_different_decoders():
         AnomalyDetector(stage1, output="maps")
 
 
-@pytest.mark.parametrize("output", ["anomaly", "all"])
-def test_anomaly_detector_torchscript_matches_eager(tmp_path, output):
+@pytest.mark.parametrize("output,latent", [("anomaly", False), ("all", False), ("all", True)])
+def test_anomaly_detector_torchscript_matches_eager(tmp_path, output, latent):
     generator = _generator(seed=4)
     _settle_batch_norm(generator, (12, 16, 8))
-    detector = AnomalyDetector(generator, output=output).eval()
+    detector = AnomalyDetector(generator, output=output, latent_disagreement=latent).eval()
     with torch.no_grad():
         for parameter in detector.encoder2.parameters():
             parameter.mul_(1.1)
@@ -205,7 +232,7 @@ def test_anomaly_detector_torchscript_matches_eager(tmp_path, output):
     x = _volume(12, 16, 8, batch=1, seed=9)
     with torch.no_grad():
         eager, exported = detector(x), scripted(x)
-    assert eager.shape[1] == (3 if output == "all" else 1) and eager.abs().sum() > 0
+    assert eager.shape[1] == (3 if output == "all" else 1) + latent and eager.abs().sum() > 0
     torch.testing.assert_close(exported, eager, rtol=1e-5, atol=1e-7)
     with pytest.raises(torch.jit.Error, match="not divisible"):
         scripted(_volume(10, 16, 8, batch=1))

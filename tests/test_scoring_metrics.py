@@ -171,6 +171,11 @@ def test_pooled_metrics_equal_the_functions_on_all_voxels():
     expected_dice, expected_threshold = best_dice(all_scores, all_truth)
     assert dice_metric.aggregate() == pytest.approx(expected_dice)
     assert dice_metric.threshold == pytest.approx(expected_threshold)
+    # one buffer row per call, not one per voxel (Cumulative.extend splits along the first dimension)
+    assert len(ap_metric._buffers[0]) == 2
+    listed = VoxelAveragePrecisionMetric()
+    listed(y_pred=[MetaTensor(first[0][0])], y=[first[1][0]])  # channel-first list, as a handler passes a case
+    assert len(listed._buffers[0]) == 1 and listed.aggregate() == pytest.approx(average_precision(*first))
 
 
 def test_subject_auroc_uses_scores_and_handles_ties():

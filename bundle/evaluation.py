@@ -50,6 +50,28 @@ def _summary(values: list[float]) -> dict:
     }
 
 
+THRESHOLD_RULES = ("validation_tuned", "healthy_calibrated")
+
+
+def read_fixed_thresholds(metrics_file: str | os.PathLike | None) -> dict[str, dict[str, float]]:
+    """Both threshold rules of every map from the ``metrics.json`` of an evaluation of a validation set (never the
+    test set), for ``AnomalyEvaluationHandler(fixed_thresholds=...)``; ``{}`` for None. A missing or unreadable file,
+    or one without the thresholds, raises ``ValueError`` naming it."""
+    if metrics_file is None:
+        return {}
+    try:
+        voxel_metrics = json.loads(Path(metrics_file).read_text())["voxel_metrics"]
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(f"{metrics_file}: not the metrics.json of an evaluation run ({error})") from None
+    thresholds = {
+        name: {rule: entry[f"{rule}_threshold"] for rule in THRESHOLD_RULES if f"{rule}_threshold" in entry}
+        for name, entry in voxel_metrics.items()
+    }
+    if not any(thresholds.values()):
+        raise ValueError(f"{metrics_file}: holds no thresholds (a set with lesion and healthy subjects gives both)")
+    return thresholds
+
+
 # lesion size classes of the breakdown, cm^3: [low, high)
 SIZE_CLASSES = {"under 1 cm^3": (0.0, 1.0), "1-3 cm^3": (1.0, 3.0), "over 3 cm^3": (3.0, math.inf)}
 
@@ -88,6 +110,8 @@ class AnomalyEvaluationHandler:
         lesion_volume_key: str = "lesion_volume_ml",
         found_dice: float = 0.3,
         found_min_volume_ml: float = 1.0,
+        healthy_false_positive_rate: float = 1e-4,
+        fixed_thresholds: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.truth_key, self.lesion_key = truth_key, lesion_key
@@ -95,8 +119,13 @@ class AnomalyEvaluationHandler:
         self.wound_key, self.report_key = wound_key, report_key
         self.lesion_volume_key = lesion_volume_key
         self.found_dice, self.found_min_volume_ml = found_dice, found_min_volume_ml
+        if not 0.0 < healthy_false_positive_rate < 1.0:
+            raise ValueError(f"healthy_false_positive_rate must be in (0, 1), got {healthy_false_positive_rate}")
+        self.healthy_false_positive_rate = healthy_false_positive_rate
+        self.fixed_thresholds = {name: dict(rules) for name, rules in (fixed_thresholds or {}).items()}
         self.cases: list[dict] = []
         self.pooled = {name: VoxelAveragePrecisionMetric() for name in self.maps}
+        self.healthy_voxels: dict[str, list[torch.Tensor]] = {name: [] for name in self.maps}
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.reset())
@@ -107,6 +136,8 @@ class AnomalyEvaluationHandler:
         self.cases.clear()
         for metric in self.pooled.values():
             metric.reset()
+        for voxels in self.healthy_voxels.values():
+            voxels.clear()
 
     def collect(self, engine: Engine) -> None:
         for batch, output in zip(engine.state.batch, engine.state.output):
@@ -129,6 +160,8 @@ class AnomalyEvaluationHandler:
                 case["lesion_volume_ml"] = float(volume)
             for name, key in self.maps.items():
                 self.pooled[name](y_pred=[output[key]], y=[truth])
+                if lesion == "none":
+                    self.healthy_voxels[name].append(convert_to_tensor(output[key], track_meta=False).flatten())
             if truth.any():
                 spacing = output[self.wound_key].pixdim.tolist() if hasattr(output[self.wound_key], "pixdim") else 1.0
                 case["dice"] = dice_at_threshold(wound.float(), truth, 0.5)
@@ -138,6 +171,8 @@ class AnomalyEvaluationHandler:
                     prefix = self._prefix(name)
                     case[f"{prefix}average_precision"] = average_precision(score, truth)
                     case[f"{prefix}best_dice"], case[f"{prefix}best_dice_threshold"] = best_dice(score, truth)
+                    for rule, threshold in self.fixed_thresholds.get(name, {}).items():
+                        case[f"{prefix}dice_at_{rule}"] = dice_at_threshold(score, truth, threshold)
             self.cases.append(case)
 
     def _breakdown(self, cases: list[dict]) -> dict:
@@ -170,6 +205,20 @@ class AnomalyEvaluationHandler:
         result["voxel_metrics"] = {
             name: {
                 "pooled_average_precision": self._pooled_average_precision(name),
+                **self._thresholds(name),
+                "dice_at_fixed_threshold": {
+                    rule: {
+                        "threshold": threshold,
+                        "dice": _summary(
+                            [
+                                c[f"{self._prefix(name)}dice_at_{rule}"]
+                                for c in lesion
+                                if f"{self._prefix(name)}dice_at_{rule}" in c
+                            ]
+                        ),
+                    }
+                    for rule, threshold in self.fixed_thresholds.get(name, {}).items()
+                },
                 "average_precision": _summary(
                     [
                         c[f"{self._prefix(name)}average_precision"]
@@ -213,6 +262,23 @@ class AnomalyEvaluationHandler:
     @staticmethod
     def _prefix(name: str) -> str:
         return "" if name == "two_reconstructions" else f"{name}_"
+
+    def _thresholds(self, name: str) -> dict:
+        """The two threshold rules measured on this set, for use on another (``fixed_thresholds``): the threshold of
+        the best Dice over every voxel of every case ("validation_tuned", needs labelled lesions) and the one that
+        only ``healthy_false_positive_rate`` of the healthy subjects' voxels reach ("healthy_calibrated", needs
+        healthy subjects only)."""
+        result, buffers = {}, self.pooled[name].get_buffer()
+        dice, threshold = best_dice(*buffers) if buffers is not None else (math.nan, math.nan)
+        if not math.isnan(dice):
+            result["pooled_best_dice"], result["validation_tuned_threshold"] = dice, threshold
+        if self.healthy_voxels[name]:
+            voxels = torch.cat(self.healthy_voxels[name])
+            rank = max(1, math.ceil(self.healthy_false_positive_rate * voxels.numel()))
+            # the rank-th largest value: thresholding at (and above) it flags about that share of healthy voxels
+            result["healthy_calibrated_threshold"] = float(torch.topk(voxels, rank).values[-1])
+            result["healthy_false_positive_rate"] = self.healthy_false_positive_rate
+        return result
 
     def _pooled_average_precision(self, name: str) -> float | None:
         metric = self.pooled[name]

@@ -139,6 +139,16 @@ def voxel_rows(metrics: dict) -> list[tuple[str, str, str]]:
                         "",
                     )
                 )
+        for rule, fixed in entry.get("dice_at_fixed_threshold", {}).items():
+            if fixed["dice"]["n"]:
+                rows.append(
+                    (
+                        f"Dice of the {label} map at the {rule.replace('_', '-')} threshold ({fixed['threshold']:.3g}, "
+                        "from the validation run): mean (min)",
+                        f"{fixed['dice']['mean']:.3f} ({fixed['dice']['min']:.3f})",
+                        "",
+                    )
+                )
     for size, entry in metrics["by_lesion_size"].items():
         if entry["n"]:
             dice = entry["dice"]

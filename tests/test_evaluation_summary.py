@@ -9,7 +9,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from bundle.evaluation import AnomalyEvaluationHandler, size_class
+from bundle.evaluation import AnomalyEvaluationHandler, read_fixed_thresholds, size_class
 
 
 def _case(name, lesion, score, regions, dice=None, volume=None):
@@ -99,3 +99,42 @@ def test_collected_voxel_metrics_match_hand_computed_values(tmp_path):
     assert summary["by_lesion_size"]["1-3 cm^3"]["n"] == 1 and summary["by_lesion_size"]["under 1 cm^3"]["n"] == 0
     assert summary["by_lesion_kind"]["onj"]["hd95_mm"]["mean"] == pytest.approx(2.0)
     assert [size_class(v) for v in (0.5, 1.0, 2.99, 3.0)] == ["under 1 cm^3", "1-3 cm^3", "1-3 cm^3", "over 3 cm^3"]
+
+
+def test_threshold_rules_are_measured_on_one_set_and_applied_on_another(tmp_path):
+    """Validation set: the tuned threshold is the pooled best Dice's, the calibrated one the value that the given
+    share of healthy voxels reaches; the test set's handler reads both from the validation metrics.json."""
+    truth = torch.zeros(10, 10, 10)
+    truth[2:5, 2:5, 2:5] = 1
+    healthy_map = torch.zeros(10, 10, 10)
+    healthy_map[0, 0, :4] = torch.tensor([0.9, 0.8, 0.7, 0.6])  # the four highest healthy voxels
+    report = {
+        "case": "c",
+        "subject_score": {"two_reconstructions": 1, "original_vs_reconstruction": 1, "wound_volume_mm3": 0.0},
+        "num_regions": 0,
+    }
+    lesion_output = {"wound": _grid(truth), "pred_anomaly": _grid(0.95 * truth), "report": report}
+    healthy_output = {"wound": _grid(torch.zeros(10, 10, 10)), "pred_anomaly": _grid(healthy_map), "report": report}
+    state = SimpleNamespace(
+        batch=[{"truth": _grid(truth), "lesion": "onj"}, {"lesion": "none"}], output=[lesion_output, healthy_output]
+    )
+    validation = AnomalyEvaluationHandler(
+        tmp_path / "validation", maps={"two_reconstructions": "pred_anomaly"}, healthy_false_positive_rate=0.003
+    )
+    validation.collect(SimpleNamespace(state=state))
+    validation.write(None)
+    measured = validation.summary()["voxel_metrics"]["two_reconstructions"]
+    assert measured["validation_tuned_threshold"] == pytest.approx(0.95) and measured["pooled_best_dice"] == 1.0
+    assert measured["healthy_calibrated_threshold"] == pytest.approx(0.7)  # 3 of 1000 healthy voxels reach it
+    thresholds = read_fixed_thresholds(tmp_path / "validation" / "metrics.json")
+    assert thresholds == {
+        "two_reconstructions": {"validation_tuned": pytest.approx(0.95), "healthy_calibrated": pytest.approx(0.7)}
+    }
+    test = AnomalyEvaluationHandler(tmp_path, maps={"two_reconstructions": "pred_anomaly"}, fixed_thresholds=thresholds)
+    state.output[0] = dict(lesion_output, pred_anomaly=_grid(0.8 * truth))  # weaker on the test set
+    test.collect(SimpleNamespace(state=state))
+    fixed = test.summary()["voxel_metrics"]["two_reconstructions"]["dice_at_fixed_threshold"]
+    assert fixed["validation_tuned"]["dice"]["mean"] == 0.0  # 0.8 < 0.95: the tuned threshold misses it
+    assert fixed["healthy_calibrated"]["dice"]["mean"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="not the metrics.json"):
+        read_fixed_thresholds(tmp_path / "missing.json")

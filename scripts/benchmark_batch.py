@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,13 +79,16 @@ def bundle_modules() -> list[str]:
     return sorted(set(targets))
 
 
-def import_seconds() -> dict[str, float]:
+def import_seconds(repeats: int = 3) -> dict[str, float]:
     """Import time of torch, then MONAI, then the bundle's modules, in a fresh interpreter (the bundle root on its
-    path)."""
+    path): the median of ``repeats`` interpreters per group (on a shared host single runs vary by a second)."""
     groups = {"torch": ["torch"], "monai": ["monai"], "bundle": bundle_modules()}
     command = [sys.executable, "-c", IMPORT_TIMER, json.dumps(groups)]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
-    return json.loads(result.stdout)
+    runs = [
+        json.loads(subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+        for _ in range(repeats)
+    ]
+    return {group: statistics.median(run[group] for run in runs) for group in groups}
 
 
 def run(cases: int, spacing_mm: float, workers: list[int]) -> dict:
@@ -125,8 +129,8 @@ def markdown_table(result: dict) -> str:
     imports = result["import_seconds"]
     lines += [
         "",
-        f"Imports in a fresh interpreter: torch {imports['torch']:.2f} s, then MONAI {imports['monai']:.2f} s, "
-        f"then the bundle's modules {imports['bundle']:.2f} s.",
+        f"Imports in a fresh interpreter (median of 3): torch {imports['torch']:.2f} s, then MONAI "
+        f"{imports['monai']:.2f} s, then the bundle's modules {imports['bundle']:.2f} s.",
     ]
     return "\n".join(lines) + "\n"
 

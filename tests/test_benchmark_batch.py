@@ -22,7 +22,7 @@ def test_table_gives_per_case_time_start_up_and_imports():
     table = markdown_table(result)
     assert "| data loader workers | 20 cases, s | per case, s | one case alone, s | start-up, s |" in table
     assert "| 0 | 65.0 | 3.00 | 8.0 | 5.0 |" in table
-    assert "torch 1.05 s, then MONAI 2.60 s, then the bundle's modules 0.03 s" in table
+    assert "(median of 3): torch 1.05 s, then MONAI 2.60 s, then the bundle's modules 0.03 s" in table
 
 
 def test_timed_bundle_modules_are_those_the_inference_config_instantiates():

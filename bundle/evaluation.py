@@ -29,9 +29,12 @@ from bundle.metrics import (
     subject_auroc,
 )
 from bundle.outputs import write_text_atomically
+from bundle.transforms import teeth_mask
 
 # name -> output key of the maps measured at voxel level: those of configs/inference.json#scoring_steps
 DEFAULT_MAPS = {"two_reconstructions": "pred_anomaly", "original_vs_reconstruction": "pred_residual"}
+# generator -> output key of its reconstruction (configs/inference.json: SplitDimd of the network's output)
+DEFAULT_RECONSTRUCTIONS = {"stage1": "pred_recon1", "stage2": "pred_recon2"}
 
 
 def _finite(values: list[float]) -> list[float]:
@@ -112,6 +115,8 @@ class AnomalyEvaluationHandler:
         found_min_volume_ml: float = 1.0,
         healthy_false_positive_rate: float = 1e-4,
         fixed_thresholds: Mapping[str, Mapping[str, float]] | None = None,
+        image_key: str = "image",
+        reconstruction_keys: Mapping[str, str] | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.truth_key, self.lesion_key = truth_key, lesion_key
@@ -122,6 +127,8 @@ class AnomalyEvaluationHandler:
         if not 0.0 < healthy_false_positive_rate < 1.0:
             raise ValueError(f"healthy_false_positive_rate must be in (0, 1), got {healthy_false_positive_rate}")
         self.healthy_false_positive_rate = healthy_false_positive_rate
+        self.image_key = image_key
+        self.reconstruction_keys = dict(reconstruction_keys or DEFAULT_RECONSTRUCTIONS)
         self.fixed_thresholds = {name: dict(rules) for name, rules in (fixed_thresholds or {}).items()}
         self.cases: list[dict] = []
         self.pooled = {name: VoxelAveragePrecisionMetric() for name in self.maps}
@@ -158,6 +165,7 @@ class AnomalyEvaluationHandler:
             }
             if volume is not None:
                 case["lesion_volume_ml"] = float(volume)
+            case.update(self._reconstruction(output))
             for name, key in self.maps.items():
                 self.pooled[name](y_pred=[output[key]], y=[truth])
                 if lesion == "none":
@@ -174,6 +182,24 @@ class AnomalyEvaluationHandler:
                     for rule, threshold in self.fixed_thresholds.get(name, {}).items():
                         case[f"{prefix}dice_at_{rule}"] = dice_at_threshold(score, truth, threshold)
             self.cases.append(case)
+
+    def _reconstruction(self, output: Mapping) -> dict:
+        """Per generator: the reconstruction MSE against the input x' (paper section 5.1), and the Dice of the teeth
+        and canal (x' > 0.75, the threshold of the stage-2 teeth mask, undilated) of the reconstruction against the
+        input's, a sharpness measure that the MSE hides (a blurred tooth loses its edges)."""
+        if self.image_key not in output:
+            return {}
+        image = convert_to_tensor(output[self.image_key], track_meta=False)
+        teeth = teeth_mask(image, kernel_size=1)
+        measures = {}
+        for name, key in self.reconstruction_keys.items():
+            if key in output:
+                reconstruction = convert_to_tensor(output[key], track_meta=False)
+                measures[f"reconstruction_mse_{name}"] = float(((reconstruction - image) ** 2).mean())
+                if teeth.any():
+                    predicted = teeth_mask(reconstruction, kernel_size=1)
+                    measures[f"teeth_dice_{name}"] = dice_at_threshold(predicted, teeth, 0.5)
+        return measures
 
     def _breakdown(self, cases: list[dict]) -> dict:
         sized = [c for c in cases if c.get("lesion_volume_ml", 0.0) >= self.found_min_volume_ml]
@@ -231,6 +257,11 @@ class AnomalyEvaluationHandler:
                 ),
             }
             for name in self.maps
+        }
+        result["reconstruction_of_healthy_subjects"] = {
+            f"{measure}_{name}": _summary([c[f"{measure}_{name}"] for c in normal if f"{measure}_{name}" in c])
+            for name in self.reconstruction_keys
+            for measure in ("reconstruction_mse", "teeth_dice")
         }
         result["dice_by_lesion_kind"] = {
             kind: _summary([c["dice"] for c in lesion if c["lesion"] == kind and "dice" in c])

@@ -149,6 +149,17 @@ def voxel_rows(metrics: dict) -> list[tuple[str, str, str]]:
                         "",
                     )
                 )
+    for name, entry in metrics.get("reconstruction_of_healthy_subjects", {}).items():
+        if entry["n"]:
+            measure, _, stage = name.rpartition("_")
+            label = "reconstruction MSE" if measure == "reconstruction_mse" else "Dice of teeth and canal (x' > 0.75)"
+            rows.append(
+                (
+                    f"{label}, {stage.replace('stage', 'stage ')} on healthy subjects: mean (max)",
+                    f"{entry['mean']:.5f} ({entry['max']:.5f})",
+                    "",
+                )
+            )
     for size, entry in metrics["by_lesion_size"].items():
         if entry["n"]:
             dice = entry["dice"]

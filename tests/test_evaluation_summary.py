@@ -138,3 +138,27 @@ def test_threshold_rules_are_measured_on_one_set_and_applied_on_another(tmp_path
     assert fixed["healthy_calibrated"]["dice"]["mean"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="not the metrics.json"):
         read_fixed_thresholds(tmp_path / "missing.json")
+
+
+def test_reconstruction_mse_and_teeth_dice_of_healthy_subjects(tmp_path):
+    image = torch.zeros(10, 10, 10)
+    image[4:6, 4:6, 4:6] = 0.8  # upper teeth, 8 voxels
+    report = {
+        "case": "h",
+        "subject_score": {"two_reconstructions": 0, "original_vs_reconstruction": 0, "wound_volume_mm3": 0.0},
+        "num_regions": 0,
+    }
+    output = {
+        "image": _grid(image),
+        "pred_recon1": _grid(image),  # exact
+        "pred_recon2": _grid(0.9 * image),  # teeth at 0.72, under the 0.75 teeth threshold: lost
+        "wound": _grid(torch.zeros(10, 10, 10)),
+        "pred_anomaly": _grid(torch.zeros(10, 10, 10)),
+        "report": report,
+    }
+    handler = AnomalyEvaluationHandler(tmp_path, maps={"two_reconstructions": "pred_anomaly"})
+    handler.collect(SimpleNamespace(state=SimpleNamespace(batch=[{"lesion": "none"}], output=[output])))
+    healthy = handler.summary()["reconstruction_of_healthy_subjects"]
+    assert healthy["reconstruction_mse_stage1"]["mean"] == 0.0 and healthy["teeth_dice_stage1"]["mean"] == 1.0
+    assert healthy["reconstruction_mse_stage2"]["mean"] == pytest.approx(8 * 0.08**2 / 1000, rel=1e-5)  # float32
+    assert healthy["teeth_dice_stage2"]["mean"] == 0.0

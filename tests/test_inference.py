@@ -37,6 +37,12 @@ def run_inference(*overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
+def run_permissive(label_map: Path, weights: Path, output: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """The case through the CLI with the tiny weights and ``PERMISSIVE``, plus ``overrides``."""
+    arguments = ("--input", str(label_map), "--checkpoint", str(weights), "--output_dir", str(output))
+    return run_inference(*arguments, *PERMISSIVE, *overrides)
+
+
 # a low threshold and no tissue or size filter, so that random weights produce regions to export
 PERMISSIVE = ("--segmentation_threshold", "1e-6", "--max_tissue_fraction", "1.0", "--min_region_mm3", "0")
 
@@ -45,9 +51,7 @@ PERMISSIVE = ("--segmentation_threshold", "1e-6", "--max_tissue_fraction", "1.0"
 def default_case(tiny_weights, label_map, tmp_path_factory) -> Path:
     """Output folder of the case, run with the config's defaults (search region included) and ``PERMISSIVE``."""
     output = tmp_path_factory.mktemp("default_run") / "out"
-    result = run_inference(
-        "--input", str(label_map), "--checkpoint", str(tiny_weights), "--output_dir", str(output), *PERMISSIVE
-    )
+    result = run_permissive(label_map, tiny_weights, output)
     assert result.returncode == 0, result.stderr[-3000:]
     return output / "jaw_case"
 
@@ -91,17 +95,7 @@ def test_inference_writes_every_output_in_the_input_grid(default_case, label_map
 
 def test_search_region_off_is_one_override_away(default_case, tiny_weights, label_map, tmp_path):
     output = tmp_path / "out"
-    result = run_inference(
-        "--input",
-        str(label_map),
-        "--checkpoint",
-        str(tiny_weights),
-        "--output_dir",
-        str(output),
-        *PERMISSIVE,
-        "--use_search_region",
-        "false",  # lower case, as typed in a shell: read with str2bool
-    )
+    result = run_permissive(label_map, tiny_weights, output, "--use_search_region", "false")  # as typed: str2bool
     assert result.returncode == 0, result.stderr[-3000:]
     reports = [json.loads((case / "report.json").read_text()) for case in (default_case, output / "jaw_case")]
     radius = json.loads((ROOT / "configs" / "inference.json").read_text())["search_region_mm"]
@@ -121,17 +115,7 @@ def test_anomaly_map_in_the_input_grid_is_one_override_away(default_case, tiny_w
     """``--anomaly_map_in_input_grid true``: the map resampled (trilinear) to the input's grid; the wound regions and
     report are the same."""
     output = tmp_path / "out"
-    override = ("--anomaly_map_in_input_grid", "true")
-    result = run_inference(
-        "--input",
-        str(label_map),
-        "--checkpoint",
-        str(tiny_weights),
-        "--output_dir",
-        str(output),
-        *PERMISSIVE,
-        *override,
-    )
+    result = run_permissive(label_map, tiny_weights, output, "--anomaly_map_in_input_grid", "true")
     assert result.returncode == 0, result.stderr[-3000:]
     source, case = nib.load(label_map), output / "jaw_case"
     fine, coarse = (nib.load(c / "anomaly_map.nii.gz") for c in (case, default_case))

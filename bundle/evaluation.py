@@ -84,6 +84,36 @@ def size_class(volume_ml: float) -> str:
     return next(name for name, (low, high) in SIZE_CLASSES.items() if low <= volume_ml < high)
 
 
+FIGURE_SLICES = "figure_slices"
+PLANES = ("sagittal", "coronal", "axial")
+
+
+def save_figure_slices(path: Path, volumes: Mapping[str, torch.Tensor | None], lesion: torch.Tensor) -> Path:
+    """Save the sagittal, coronal and axial slices (RAS voxel axes of the 2 mm grid: x, y, z) of every given volume
+    through one point, as ``<name>.<plane>`` arrays of an ``.npz``, for the figures of ``scripts/report_evaluation``.
+    The point is the lesion's centroid, or for a healthy subject the teeth's (x' > 0.75) of ``volumes["input"]``,
+    or the grid's centre. Volumes that are None are skipped. Slices, not volumes, keep a run's folder small."""
+    present = {name: convert_to_tensor(v, track_meta=False).squeeze(0) for name, v in volumes.items() if v is not None}
+    anchor = lesion.squeeze(0)
+    if not anchor.any() and "input" in present:
+        anchor = teeth_mask(present["input"][None], kernel_size=1).squeeze(0)
+    shape = next(iter(present.values())).shape
+    if anchor.any():
+        point = [int(i) for i in torch.nonzero(anchor).float().mean(0).round()]
+    else:
+        point = [size // 2 for size in shape]
+    arrays = {"point": np.asarray(point)}
+    for name, volume in present.items():
+        for axis, plane in enumerate(PLANES):
+            arrays[f"{name}.{plane}"] = volume.select(axis, point[axis]).cpu().numpy().astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.partial")
+    with open(temporary, "wb") as stream:
+        np.savez_compressed(stream, **arrays)
+    os.replace(temporary, path)
+    return path
+
+
 class AnomalyEvaluationHandler:
     """Collect per-case results during an inference run and write ``<output_dir>/metrics.json`` at its end.
 
@@ -117,6 +147,8 @@ class AnomalyEvaluationHandler:
         fixed_thresholds: Mapping[str, Mapping[str, float]] | None = None,
         image_key: str = "image",
         reconstruction_keys: Mapping[str, str] | None = None,
+        intact_key: str = "intact",
+        figure_cases_per_kind: int = 2,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.truth_key, self.lesion_key = truth_key, lesion_key
@@ -129,8 +161,11 @@ class AnomalyEvaluationHandler:
         self.healthy_false_positive_rate = healthy_false_positive_rate
         self.image_key = image_key
         self.reconstruction_keys = dict(reconstruction_keys or DEFAULT_RECONSTRUCTIONS)
+        self.intact_key = intact_key
+        self.figure_cases_per_kind = figure_cases_per_kind
         self.fixed_thresholds = {name: dict(rules) for name, rules in (fixed_thresholds or {}).items()}
         self.cases: list[dict] = []
+        self._figure_counts: dict[str, int] = {}
         self.pooled = {name: VoxelAveragePrecisionMetric() for name in self.maps}
         self.healthy_voxels: dict[str, list[torch.Tensor]] = {name: [] for name in self.maps}
 
@@ -141,6 +176,7 @@ class AnomalyEvaluationHandler:
 
     def reset(self) -> None:
         self.cases.clear()
+        self._figure_counts.clear()
         for metric in self.pooled.values():
             metric.reset()
         for voxels in self.healthy_voxels.values():
@@ -165,7 +201,12 @@ class AnomalyEvaluationHandler:
             }
             if volume is not None:
                 case["lesion_volume_ml"] = float(volume)
-            case.update(self._reconstruction(output))
+            image = output.get(self.image_key)
+            intact = batch.get(self.intact_key)
+            if lesion == "none" and image is not None:
+                case.update(self._reconstruction(output, image, "reconstruction"))
+            elif intact is not None:
+                case.update(self._reconstruction(output, intact, "restoration", truth))
             for name, key in self.maps.items():
                 self.pooled[name](y_pred=[output[key]], y=[truth])
                 if lesion == "none":
@@ -181,24 +222,38 @@ class AnomalyEvaluationHandler:
                     case[f"{prefix}best_dice"], case[f"{prefix}best_dice_threshold"] = best_dice(score, truth)
                     for rule, threshold in self.fixed_thresholds.get(name, {}).items():
                         case[f"{prefix}dice_at_{rule}"] = dice_at_threshold(score, truth, threshold)
+            if self._figure_counts.get(lesion, 0) < self.figure_cases_per_kind:
+                self._figure_counts[lesion] = self._figure_counts.get(lesion, 0) + 1
+                volumes = {"input": image, "intact": intact, "truth": truth.float() if truth.any() else None}
+                volumes.update({name: output.get(key) for name, key in self.reconstruction_keys.items()})
+                volumes.update({name: output.get(key) for name, key in self.maps.items()})
+                volumes["wound"] = wound.float()
+                save_figure_slices(self.output_dir / FIGURE_SLICES / f"{report['case']}.npz", volumes, truth)
             self.cases.append(case)
 
-    def _reconstruction(self, output: Mapping) -> dict:
-        """Per generator: the reconstruction MSE against the input x' (paper section 5.1), and the Dice of the teeth
-        and canal (x' > 0.75, the threshold of the stage-2 teeth mask, undilated) of the reconstruction against the
-        input's, a sharpness measure that the MSE hides (a blurred tooth loses its edges)."""
-        if self.image_key not in output:
-            return {}
-        image = convert_to_tensor(output[self.image_key], track_meta=False)
-        teeth = teeth_mask(image, kernel_size=1)
+    def _reconstruction(
+        self, output: Mapping, reference: torch.Tensor, measure: str, lesion: torch.Tensor | None = None
+    ) -> dict:
+        """Per generator, against ``reference`` (x' of the input for a healthy subject, of the intact map for a lesion
+        subject): the MSE (paper section 5.1), the Dice of the teeth and canal (x' > 0.75, the threshold of the
+        stage-2 teeth mask, undilated), a sharpness measure that the MSE hides (a blurred tooth loses its edges), and,
+        given the ``lesion`` mask, the MSE inside it (how much of the removed tissue is restored; the whole-volume MSE
+        dilutes it over the field of view)."""
+        reference = convert_to_tensor(reference, track_meta=False)
+        teeth = teeth_mask(reference, kernel_size=1)
         measures = {}
         for name, key in self.reconstruction_keys.items():
-            if key in output:
-                reconstruction = convert_to_tensor(output[key], track_meta=False)
-                measures[f"reconstruction_mse_{name}"] = float(((reconstruction - image) ** 2).mean())
-                if teeth.any():
-                    predicted = teeth_mask(reconstruction, kernel_size=1)
-                    measures[f"teeth_dice_{name}"] = dice_at_threshold(predicted, teeth, 0.5)
+            if key not in output:
+                continue
+            reconstruction = convert_to_tensor(output[key], track_meta=False)
+            error = (reconstruction - reference) ** 2
+            measures[f"{measure}_mse_{name}"] = float(error.mean())
+            if teeth.any():
+                measures[f"{measure}_teeth_dice_{name}"] = dice_at_threshold(
+                    teeth_mask(reconstruction, kernel_size=1), teeth, 0.5
+                )
+            if lesion is not None and lesion.any():
+                measures[f"{measure}_lesion_mse_{name}"] = float(error[lesion].mean())
         return measures
 
     def _breakdown(self, cases: list[dict]) -> dict:
@@ -223,6 +278,9 @@ class AnomalyEvaluationHandler:
             if lesion and normal:
                 labels = [1] * len(lesion_scores) + [0] * len(normal_scores)
                 entry["auroc"] = subject_auroc(lesion_scores + normal_scores, labels)
+                entry["average_precision"] = average_precision(
+                    torch.tensor(lesion_scores + normal_scores, dtype=torch.float64), torch.tensor(labels)
+                )
                 entry["every_lesion_above_every_normal"] = min(lesion_scores) > max(normal_scores)
                 entry["normals_scoring_zero"] = sum(s == 0 for s in normal_scores)
             result[score] = entry
@@ -258,10 +316,15 @@ class AnomalyEvaluationHandler:
             }
             for name in self.maps
         }
-        result["reconstruction_of_healthy_subjects"] = {
-            f"{measure}_{name}": _summary([c[f"{measure}_{name}"] for c in normal if f"{measure}_{name}" in c])
-            for name in self.reconstruction_keys
-            for measure in ("reconstruction_mse", "teeth_dice")
+        result["reconstruction_of_healthy_subjects"] = self._reconstruction_summary(
+            normal, ("reconstruction_mse", "reconstruction_teeth_dice")
+        )
+        result["restoration_of_lesion_subjects"] = {
+            kind: self._reconstruction_summary(
+                [c for c in lesion if c["lesion"] == kind],
+                ("restoration_mse", "restoration_teeth_dice", "restoration_lesion_mse"),
+            )
+            for kind in sorted({c["lesion"] for c in lesion})
         }
         result["dice_by_lesion_kind"] = {
             kind: _summary([c["dice"] for c in lesion if c["lesion"] == kind and "dice" in c])
@@ -289,6 +352,13 @@ class AnomalyEvaluationHandler:
         result["normals_with_any_region"] = sum(c["num_regions"] > 0 for c in normal)
         result["cases"] = self.cases
         return result
+
+    def _reconstruction_summary(self, cases: list[dict], measures: tuple[str, ...]) -> dict:
+        return {
+            f"{measure}_{name}": _summary([c[f"{measure}_{name}"] for c in cases if f"{measure}_{name}" in c])
+            for name in self.reconstruction_keys
+            for measure in measures
+        }
 
     @staticmethod
     def _prefix(name: str) -> str:

@@ -6,10 +6,12 @@ Layout of an output folder (paths in the datalist are relative to it, as ``load_
     labels/case_000.nii.gz   int16 DentalSegmentator labels 0..5
     cbct/case_000.nii.gz     int16 HU-like raw CBCT
     truth/case_021.nii.gz    uint8 lesion truth (lesion cases only)
+    intact/case_021.nii.gz   int16 labels of the same subject without its lesion (lesion cases only)
     preview.png              slices of a few subjects
 
-A test entry reads {"image", "cbct", "lesion": kind or "none", "seed"}, plus "truth" and "lesion_volume_ml" (the
-removed tissue in cm^3, at the native grid) for lesion cases.
+A test entry reads {"image", "cbct", "lesion": kind or "none", "seed"}, plus "truth", "intact" and
+"lesion_volume_ml" (the removed tissue in cm^3, at the native grid) for lesion cases. The intact map is what stage 2
+should restore: the evaluation measures its reconstructions against it (the paper's section 5.1, second part).
 
 Training and validation subjects are healthy; a fraction of the test subjects carry a simulated lesion. With the
 ``real_mandible`` style, training and validation subjects are built on the bank's training shapes and test subjects
@@ -136,6 +138,8 @@ def write_case(phantom: JawPhantom, plan: CasePlan, root: Path) -> dict:
     if plan.lesion != "none":
         entry["truth"] = f"truth/{plan.name}.nii.gz"
         write_nifti(phantom.truth, phantom.affine, root / entry["truth"])
+        entry["intact"] = f"intact/{plan.name}.nii.gz"
+        write_nifti(phantom.healthy_labels, phantom.affine, root / entry["intact"])
         voxel_ml = float(np.prod(np.linalg.norm(phantom.affine[:3, :3], axis=0))) / 1000.0
         entry["lesion_volume_ml"] = round(float(np.count_nonzero(phantom.truth)) * voxel_ml, 4)
     entry.update({"lesion": plan.lesion, "seed": plan.seed})
@@ -251,7 +255,7 @@ def make_phantom_set(
     staging = output.parent / f".{output.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        for folder in ("labels", "cbct", "truth"):
+        for folder in ("labels", "cbct", "truth", "intact"):
             (staging / folder).mkdir(parents=True)
         datalist: dict[str, list[dict]] = {"training": [], "validation": [], "test": []}
         shown = _preview_choice(plans) if preview else set()
@@ -264,6 +268,7 @@ def make_phantom_set(
             log(f"{plan.name} {plan.split:<10} {plan.lesion:<22} shape {phantom.labels.shape} {plan.axcodes}")
         if not any(p.lesion != "none" for p in plans):
             (staging / "truth").rmdir()
+            (staging / "intact").rmdir()
         (staging / DATALIST_NAME).write_text(json.dumps(datalist, indent=4) + "\n")
         if preview_cases:
             write_preview(preview_cases, staging / PREVIEW_NAME)

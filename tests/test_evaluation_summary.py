@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
@@ -159,6 +160,67 @@ def test_reconstruction_mse_and_teeth_dice_of_healthy_subjects(tmp_path):
     handler = AnomalyEvaluationHandler(tmp_path, maps={"two_reconstructions": "pred_anomaly"})
     handler.collect(SimpleNamespace(state=SimpleNamespace(batch=[{"lesion": "none"}], output=[output])))
     healthy = handler.summary()["reconstruction_of_healthy_subjects"]
-    assert healthy["reconstruction_mse_stage1"]["mean"] == 0.0 and healthy["teeth_dice_stage1"]["mean"] == 1.0
+    assert healthy["reconstruction_mse_stage1"]["mean"] == 0.0
+    assert healthy["reconstruction_teeth_dice_stage1"]["mean"] == 1.0
     assert healthy["reconstruction_mse_stage2"]["mean"] == pytest.approx(8 * 0.08**2 / 1000, rel=1e-5)  # float32
-    assert healthy["teeth_dice_stage2"]["mean"] == 0.0
+    assert healthy["reconstruction_teeth_dice_stage2"]["mean"] == 0.0
+
+
+def test_restoration_of_a_removal_is_measured_against_the_intact_map(tmp_path):
+    """Paper section 5.1, second part: a lesion subject's reconstructions against the map before the removal, over
+    the whole grid and inside the removed tissue; stage 2 restores the removed teeth, stage 1 copies the hole."""
+    intact = torch.zeros(10, 10, 10)
+    intact[2:8, 2:8, 2:4] = 0.7  # mandible
+    intact[4:6, 4:6, 4:6] = 0.9  # lower teeth, 8 voxels: removed by the lesion
+    removed = torch.zeros(10, 10, 10, dtype=torch.bool)
+    removed[4:6, 4:6, 4:6] = True
+    image = torch.where(removed, torch.zeros(()), intact)
+    report = {
+        "case": "r",
+        "subject_score": {"two_reconstructions": 5, "original_vs_reconstruction": 5, "wound_volume_mm3": 64.0},
+        "num_regions": 1,
+    }
+    output = {
+        "image": _grid(image),
+        "pred_recon1": _grid(image),
+        "pred_recon2": _grid(intact),
+        "wound": _grid(removed.float()),
+        "pred_anomaly": _grid(removed.float()),
+        "report": report,
+    }
+    batch = {"truth": _grid(removed.float()), "intact": _grid(intact), "lesion": "teeth_and_jaw_removed"}
+    handler = AnomalyEvaluationHandler(tmp_path, maps={"two_reconstructions": "pred_anomaly"})
+    handler.collect(SimpleNamespace(state=SimpleNamespace(batch=[batch], output=[output])))
+    restoration = handler.summary()["restoration_of_lesion_subjects"]["teeth_and_jaw_removed"]
+    assert restoration["restoration_mse_stage1"]["mean"] == pytest.approx(8 * 0.81 / 1000, rel=1e-5)
+    assert restoration["restoration_lesion_mse_stage1"]["mean"] == pytest.approx(0.81, rel=1e-5)
+    assert restoration["restoration_teeth_dice_stage1"]["mean"] == 0.0
+    assert restoration["restoration_mse_stage2"]["mean"] == 0.0
+    assert restoration["restoration_lesion_mse_stage2"]["mean"] == 0.0
+    assert restoration["restoration_teeth_dice_stage2"]["mean"] == 1.0
+    assert "reconstruction_mse_stage1" not in handler.cases[0]  # the input is not the reference of a lesion case
+
+
+def test_figure_slices_go_through_the_lesion_for_the_first_cases_of_each_kind(tmp_path):
+    truth = torch.zeros(10, 12, 14)
+    truth[2:5, 6:9, 9:12] = 1  # centroid (3, 7, 10)
+    report = {
+        "case": "c",
+        "subject_score": {"two_reconstructions": 1, "original_vs_reconstruction": 1, "wound_volume_mm3": 0.0},
+        "num_regions": 0,
+    }
+    cases = [f"c{k}" for k in range(3)]
+    state = SimpleNamespace(
+        batch=[{"truth": _grid(truth), "lesion": "onj"} for _ in cases],
+        output=[
+            {"wound": _grid(truth), "pred_anomaly": _grid(2 * truth), "report": dict(report, case=c)} for c in cases
+        ],
+    )
+    handler = AnomalyEvaluationHandler(tmp_path, maps={"two_reconstructions": "pred_anomaly"}, figure_cases_per_kind=2)
+    handler.collect(SimpleNamespace(state=state))
+    assert sorted(p.name for p in (tmp_path / "figure_slices").iterdir()) == ["c0.npz", "c1.npz"]
+    slices = np.load(tmp_path / "figure_slices" / "c0.npz")
+    assert slices["point"].tolist() == [3, 7, 10]
+    assert slices["truth.sagittal"].shape == (12, 14) and slices["truth.axial"].shape == (10, 12)
+    np.testing.assert_array_equal(slices["two_reconstructions.coronal"], 2 * truth[:, 7, :].numpy())
+    assert "intact.axial" not in slices and "stage1.axial" not in slices  # absent volumes are skipped

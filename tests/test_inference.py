@@ -223,4 +223,8 @@ def test_evaluation_overlay_scores_lesion_and_normal_cases(tiny_weights, tmp_pat
     assert lesion_case["lesion_volume_ml"] == pytest.approx(written["lesion_volume_ml"])
     assert written["lesion_volume_ml"] > 0.3
     assert 0.0 <= metrics["score_two_reconstructions"]["auroc"] <= 1.0
-    assert {c["case"] for c in metrics["cases"]} == {p.name for p in (tmp_path / "eval").iterdir() if p.is_dir()}
+    case_folders = {p.name for p in (tmp_path / "eval").iterdir() if p.is_dir()} - {"figure_slices"}
+    assert {c["case"] for c in metrics["cases"]} == case_folders
+    # the lesion case is measured against its intact map, and both cases leave slices for the figures
+    assert 0.0 <= lesion_case["restoration_mse_stage2"] < 1.0 and "restoration_lesion_mse_stage1" in lesion_case
+    assert {p.stem for p in (tmp_path / "eval" / "figure_slices").iterdir()} == case_folders

@@ -41,12 +41,14 @@ def test_datalist_has_the_three_splits_and_relative_paths(tiny_set):
     datalist = json.loads((tiny_set / "datalist.json").read_text())
     assert list(datalist) == ["training", "validation", "test"]
     assert [len(datalist[k]) for k in datalist] == [1, 1, 2]
-    assert all(entry["lesion"] == "none" and "truth" not in entry for entry in datalist["training"])
+    assert all(
+        entry["lesion"] == "none" and "truth" not in entry and "intact" not in entry for entry in datalist["training"]
+    )
     assert sorted(entry["lesion"] for entry in datalist["test"]) == ["onj", "teeth_and_jaw_removed"]
     for entries in datalist.values():
         for entry in entries:
             assert isinstance(entry["seed"], int)
-            for key in ("image", "cbct", "truth"):
+            for key in ("image", "cbct", "truth", "intact"):
                 if key in entry:
                     assert not Path(entry[key]).is_absolute() and (tiny_set / entry[key]).is_file()
     # MONAI resolves them against the datalist's folder
@@ -79,6 +81,11 @@ def test_files_load_in_monai_with_the_planned_spacing_and_content(tiny_set):
             assert truth.get_data_dtype() == np.uint8
             np.testing.assert_array_equal(np.asanyarray(truth.dataobj), phantom.truth)
             assert phantom.truth.sum() > 0
+            # the intact map is the same subject before the lesion removed exactly the truth's tissue
+            intact = np.asanyarray(nib.load(tiny_set / entry["intact"]).dataobj)
+            np.testing.assert_array_equal(intact, phantom.healthy_labels)
+            removed = (intact > 0) & (np.asarray(labels) == 0)
+            np.testing.assert_array_equal(removed, phantom.truth > 0)
 
 
 def test_same_seed_gives_byte_identical_files_and_another_seed_does_not(tiny_set, tmp_path):

@@ -7,9 +7,9 @@ All threshold sweeps are one sort and cumulative sums over the voxels: every dis
 threshold (prediction = score >= threshold) without a Python loop. Ties are grouped, as scikit-learn's
 ``average_precision_score`` does.
 
-:class:`VoxelAveragePrecisionMetric` and :class:`BestDiceMetric` are MONAI ``CumulativeIterationMetric`` s that pool
-the voxels of every subject seen (dataset-level figures, as reported in the anomaly segmentation literature) and
-plug into ``monai.handlers.IgniteMetricHandler``.
+:class:`VoxelAveragePrecisionMetric` is a MONAI ``CumulativeIterationMetric`` that pools the voxels of every subject
+seen (dataset-level figures, as reported in the anomaly segmentation literature) and plugs into
+``monai.handlers.IgniteMetricHandler``; :func:`best_dice` of its buffer gives the pooled best Dice.
 """
 
 from __future__ import annotations
@@ -127,8 +127,12 @@ def subject_auroc(scores: NdarrayOrTensor | Sequence[float], labels: NdarrayOrTe
     return float(compute_roc_auc(score, label))
 
 
-class _PooledVoxelMetric(CumulativeIterationMetric):
-    """Buffers the flattened voxels of every batch, so that ``aggregate`` sees the whole data set at once.
+class VoxelAveragePrecisionMetric(CumulativeIterationMetric):
+    """Voxel-level average precision over all voxels of all subjects seen since the last ``reset``.
+
+    Inputs per call: ``y_pred`` continuous maps and ``y`` truth masks, batch-first (B, 1, X, Y, Z) or lists of
+    channel-first tensors; volumes may differ in size between calls. ``get_buffer`` returns the pooled (score, truth)
+    voxels, from which :func:`best_dice` gives the pooled best Dice.
 
     Each batch is buffered as one (1, N) row: ``Cumulative.extend`` splits what it gets along the first dimension
     into buffer items, so a flat (N,) tensor would become N one-voxel tensors (seconds and hundreds of MB per 2 mm
@@ -150,28 +154,6 @@ class _PooledVoxelMetric(CumulativeIterationMetric):
         truth = convert_to_tensor(y, track_meta=False).flatten() > 0
         return score[None], truth.to(torch.uint8)[None]
 
-
-class VoxelAveragePrecisionMetric(_PooledVoxelMetric):
-    """Voxel-level average precision over all voxels of all subjects seen since the last ``reset``.
-
-    Inputs per call: ``y_pred`` continuous maps and ``y`` truth masks, batch-first (B, 1, X, Y, Z) or lists of
-    channel-first tensors; volumes may differ in size between calls.
-    """
-
     def aggregate(self) -> float:
         y_pred, y = self.get_buffer()
         return average_precision(y_pred, y)
-
-
-class BestDiceMetric(_PooledVoxelMetric):
-    """Best Dice over one threshold shared by all voxels of all subjects seen; inputs as
-    :class:`VoxelAveragePrecisionMetric`. ``aggregate`` returns the Dice and sets ``self.threshold``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.threshold = float("nan")
-
-    def aggregate(self) -> float:
-        y_pred, y = self.get_buffer()
-        dice, self.threshold = best_dice(y_pred, y)
-        return dice

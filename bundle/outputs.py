@@ -23,7 +23,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -37,52 +36,29 @@ from monai.data import NibabelWriter
 from monai.transforms import MapTransform, Transform
 from monai.utils import ImageMetaKey, convert_to_numpy, ensure_tuple_rep
 
+from bundle.atomic_files import hidden_name
+
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 TEMPORARY_SUFFIXES = (".partial", ".replaced")
 
 
 def is_temporary(path: Path) -> bool:
     """Whether ``path`` is a hidden temporary of this module: ``.<case>.<random>.partial`` (a case folder being
-    written, or a file of :func:`write_text_atomically`) or ``.<case>.<random>.replaced`` (an earlier output of a
-    case, being deleted)."""
+    written, or a file of :func:`bundle.atomic_files.write_text_atomically`) or ``.<case>.<random>.replaced`` (an
+    earlier output of a case, being deleted)."""
     return path.name.startswith(".") and path.name.endswith(TEMPORARY_SUFFIXES)
-
-
-def _hidden_name(parent: Path, stem: str, suffix: str) -> Path:
-    return parent / f".{stem}.{secrets.token_hex(4)}{suffix}"
 
 
 def _make_partial_folder(parent: Path, case: str) -> Path:
     """Create ``parent/.<case>.<random>.partial`` with the permissions of any new folder (``tempfile.mkdtemp`` makes
     it 0700, and the case folder it becomes would be unreadable to everyone else)."""
     while True:
-        folder = _hidden_name(parent, case, ".partial")
+        folder = hidden_name(parent, case, ".partial")
         try:
             folder.mkdir()
             return folder
         except FileExistsError:
             continue
-
-
-def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to a hidden ``.<name>.<random>.partial`` file beside ``path`` (with the permissions of any new
-    file), then rename it to ``path``: a reader, or a killed run, never sees a half-written file."""
-    path = Path(path)
-    while True:
-        temporary = _hidden_name(path.parent, path.name, ".partial")
-        try:
-            stream = open(temporary, "x")
-            break
-        except FileExistsError:
-            continue
-    try:
-        with stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _give_default_permissions(folder: Path) -> None:
@@ -114,7 +90,7 @@ def _publish(partial: Path, final: Path, overwrite: bool) -> None:
                     f"{final}: case output exists (written meanwhile by another run?); pass --overwrite true to "
                     "replace it"
                 ) from None
-        aside = _hidden_name(final.parent, final.name, ".replaced")
+        aside = hidden_name(final.parent, final.name, ".replaced")
         try:
             os.rename(final, aside)
             replaced.append(aside)

@@ -285,41 +285,6 @@ def teeth_mask(intensity: torch.Tensor, threshold: float = 0.75, kernel_size: in
     return dilated if seeds.ndim == 5 else dilated.squeeze(0)
 
 
-class TeethMask(Transform):
-    """Array form of :func:`teeth_mask`: (C, X, Y, Z) x' in, (C, X, Y, Z) float 0/1 mask out, meta kept."""
-
-    def __init__(self, threshold: float = 0.75, kernel_size: int = 5) -> None:
-        self.threshold = threshold
-        self.kernel_size = kernel_size
-
-    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
-        mask = teeth_mask(convert_to_tensor(img, track_meta=False), self.threshold, self.kernel_size)
-        out, *_ = convert_to_dst_type(mask, img)
-        return out
-
-
-class TeethMaskd(MapTransform):
-    """Dictionary form of :class:`TeethMask`; writes the mask under ``mask_key`` (the input stays as it is)."""
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        mask_key: str = "teeth_mask",
-        threshold: float = 0.75,
-        kernel_size: int = 5,
-        allow_missing_keys: bool = False,
-    ):
-        super().__init__(keys, allow_missing_keys)
-        self.mask_key = mask_key
-        self.masker = TeethMask(threshold, kernel_size)
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[self.mask_key] = self.masker(d[key])
-        return d
-
-
 class MaskTeeth(Transform):
     """Eq. 15: x' * (1 - M), blanking the teeth, the canal and a ``kernel_size // 2`` voxel margin around them, so
     that the stage-2 encoder learns to restore teeth and alveolar bone a healthy jaw would have.
@@ -328,11 +293,12 @@ class MaskTeeth(Transform):
     """
 
     def __init__(self, threshold: float = 0.75, kernel_size: int = 5) -> None:
-        self.teeth_mask = TeethMask(threshold, kernel_size)
+        self.threshold = threshold
+        self.kernel_size = kernel_size
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         intensity = convert_to_tensor(img, track_meta=False)
-        masked = intensity * (1.0 - self.teeth_mask(intensity))
+        masked = intensity * (1.0 - teeth_mask(intensity, self.threshold, self.kernel_size))
         out, *_ = convert_to_dst_type(masked, img)
         return out
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from bundle.atomic_files import write_text_atomically
+
 
 def sha256_of(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
@@ -30,7 +32,7 @@ def checksum_path(weights: str | os.PathLike) -> Path:
 def write_checksum(weights: str | os.PathLike) -> str:
     """Record the sha256 of ``weights`` in ``<weights>.sha256`` and return it."""
     value = sha256_of(weights)
-    checksum_path(weights).write_text(f"{value}  {Path(weights).name}\n")
+    write_text_atomically(checksum_path(weights), f"{value}  {Path(weights).name}\n")
     return value
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bundle.atomic_files import write_json_atomically  # noqa: E402
 from jaw_phantoms.parametric import LESION_KINDS, make_phantom  # noqa: E402
 
 # voxel counts per label of the real DentalSegmentator map resampled to 2 mm (shared/real_anatomy.md)
@@ -106,10 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_benchmark(args.count, args.spacing, args.workers, not args.no_cbct)
         if args.output:
-            output = Path(args.output)
-            partial = output.with_name(output.name + ".partial")
-            partial.write_text(json.dumps(result, indent=4) + "\n")
-            partial.replace(output)
+            write_json_atomically(args.output, result)
     except (ValueError, OSError) as error:
         print(f"benchmark_phantoms: error: {error}", file=sys.stderr)
         return 2

@@ -21,11 +21,9 @@ and backward). Times are the best of ``--iterations`` runs after ``--warmup`` ru
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +32,7 @@ import torch.nn.functional as F
 from monai.bundle import ConfigParser
 from torch.utils.flop_counter import FlopCounterMode
 
+from bundle.atomic_files import write_json_atomically
 from bundle.gan_step import gan_training_step
 from scripts.benchmarking import GRID, peer_vqvae, read_config, resolved_arguments, time_in_turn
 
@@ -327,13 +326,6 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json(result: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(result, handle, indent=4)
-    os.replace(handle.name, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -341,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
             raise FileExistsError(f"{args.json} exists; pass --overwrite to replace it")
         result = run_benchmark(args)
         if args.json:
-            write_json(result, args.json)
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomically(args.json, result)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"benchmark_training: error: {error}", file=sys.stderr)
         return 2

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import re
 import sys
 from pathlib import Path
@@ -30,6 +29,7 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bundle.atomic_files import write_json_atomically  # noqa: E402
 from jaw_phantoms.shape_bank import (  # noqa: E402
     BANK_DIR,
     BANK_INDEX,
@@ -158,7 +158,7 @@ def build(source: Path, output: Path, held_out_fraction: float, seed: int) -> di
         "shapes": shapes,
         "excluded": excluded,
     }
-    (output / BANK_INDEX).write_text(json.dumps(index, indent=4) + "\n")
+    write_json_atomically(output / BANK_INDEX, index)
     return index
 
 

@@ -25,6 +25,10 @@ import nibabel as nib
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bundle.atomic_files import write_text_atomically  # noqa: E402
+
 SAMPLE = ROOT / "docs" / "sample" / "onj_phantom_labels.nii.gz"
 
 
@@ -259,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             "folder (temporary paths shown as `<tmp>`). Refused inputs end in one line naming the file and the "
             "problem, exit status 2, and write nothing; valid ones write their case folder.\n\n"
         )
-        args.markdown.write_text(header + "\n".join(rows) + "\n")
+        write_text_atomically(args.markdown, header + "\n".join(rows) + "\n")
     return 0
 
 

@@ -23,6 +23,7 @@ from monai.bundle import ConfigParser
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bundle.atomic_files import write_text_atomically  # noqa: E402
 from bundle.networks import AnomalyDetector  # noqa: E402
 from bundle.weights import load_checkpoint, write_checksum  # noqa: E402
 
@@ -76,7 +77,7 @@ def record_in_large_files(output: Path, digest: str, large_files: Path = ROOT / 
             recorded = str(entry.get("hash_val") or "")
             if len(recorded) != 64:
                 raise ValueError(f"{large_files}: {entry['path']} has no sha256 hash_val to replace")
-            large_files.write_text(large_files.read_text().replace(recorded, digest))
+            write_text_atomically(large_files, large_files.read_text().replace(recorded, digest))
             return True
     return False
 

@@ -19,6 +19,7 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bundle.atomic_files import write_text_atomically  # noqa: E402
 from jaw_phantoms import parametric  # noqa: E402
 from jaw_phantoms.anatomy import CANAL, LOWER_TEETH, MANDIBLE, UPPER_SKULL, UPPER_TEETH, AnatomyOptions  # noqa: E402
 from jaw_phantoms.phantom import make_phantom  # noqa: E402
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         f"at the midline) {bank['symphysis']} mm.",
         "",
     ]
-    args.markdown.write_text("\n".join(lines))
+    write_text_atomically(args.markdown, "\n".join(lines))
     print("\n".join(lines))
     return 0
 

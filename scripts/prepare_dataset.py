@@ -22,12 +22,10 @@ accepted, 2 (one line on stderr, nothing written) when none was, an input folder
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -43,6 +41,7 @@ from monai.transforms import Compose
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bundle.atomic_files import write_json_atomically  # noqa: E402
 from bundle.transforms import REMAP_PRESETS, ValidateLabelsd  # noqa: E402
 
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -259,22 +258,6 @@ def split_entries(entries: Sequence[dict], fractions: Sequence[float], seed: int
     return splits
 
 
-def write_json_atomically(path: Path, content: dict, overwrite: bool) -> None:
-    """Write to a temporary file beside ``path`` and rename it, so a reader never sees half a datalist."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(content, stream, indent=4)
-            stream.write("\n")
-        if path.exists() and not overwrite:
-            raise ValueError(f"{path}: exists; pass --overwrite to replace it")
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 def prepare(
     label_dir: Path,
     output: Path,
@@ -347,7 +330,10 @@ def prepare(
         **splits,
         "rejected": rejected,
     }
-    write_json_atomically(output, datalist, overwrite)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.exists() and not overwrite:  # written meanwhile, while the label maps were checked
+        raise ValueError(f"{output}: exists; pass --overwrite to replace it")
+    write_json_atomically(output, datalist)
     return datalist
 
 

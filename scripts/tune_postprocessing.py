@@ -40,6 +40,7 @@ from monai.transforms import Compose
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bundle.atomic_files import write_json_atomically  # noqa: E402
 from bundle.metrics import average_precision, dice_at_threshold  # noqa: E402
 from bundle.scoring import subject_score  # noqa: E402
 from bundle.weights import load_verified_weights  # noqa: E402
@@ -277,9 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     print("best subject score:", json.dumps(results["best_score"]))
     if opts.json is not None:
         opts.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = opts.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
-        tmp.replace(opts.json)
+        write_json_atomically(opts.json, results, indent=2)
     return 0
 
 

@@ -26,7 +26,7 @@ from monai.data import MetaTensor
 import bundle.outputs
 import bundle.stl
 from bundle.figures import SaveOverviewd
-from bundle.outputs import WriteCaseFolderd, is_temporary, prepare_output_dir, write_text_atomically
+from bundle.outputs import WriteCaseFolderd, is_temporary, prepare_output_dir
 from bundle.slicer_segmentation import SaveSlicerSegmentationd
 from tests.conftest import CASES, SINGLE_THREAD_ENV, assert_same_case, inference_command
 
@@ -287,19 +287,6 @@ def test_temporaries_left_by_a_killed_run_do_not_make_a_folder_non_empty(tmp_pat
     (output / ".hidden_user_file").write_text("mine")
     with pytest.raises(ValueError, match="not empty"):
         prepare_output_dir(output)
-
-
-def test_text_is_written_atomically(tmp_path, monkeypatch):
-    path = write_text_atomically(tmp_path / "metrics.json", "{}\n")
-    assert path.read_text() == "{}\n" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
-
-    def failing_replace(source, destination):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(bundle.outputs.os, "replace", failing_replace)
-    with pytest.raises(OSError, match="disk full"):
-        write_text_atomically(tmp_path / "metrics.json", '{"new": 1}\n')
-    assert path.read_text() == "{}\n" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
 @pytest.mark.parametrize("typed", ["false", "no"])

@@ -9,7 +9,6 @@ from monai.data import MetaTensor
 from scipy import ndimage
 
 from bundle.metrics import (
-    BestDiceMetric,
     VoxelAveragePrecisionMetric,
     average_precision,
     best_dice,
@@ -163,14 +162,18 @@ def test_pooled_metrics_equal_the_functions_on_all_voxels():
     second = (torch.from_numpy(rng.random((2, 1, 3, 3, 3))), torch.from_numpy(rng.random((2, 1, 3, 3, 3)) < 0.3))
     all_scores = torch.cat([first[0].flatten(), second[0].flatten()])
     all_truth = torch.cat([first[1].flatten(), second[1].flatten()])
-    ap_metric, dice_metric = VoxelAveragePrecisionMetric(), BestDiceMetric()
+    ap_metric = VoxelAveragePrecisionMetric()
     for y_pred, y in (first, second):
         ap_metric(y_pred=y_pred, y=y)
-        dice_metric(y_pred=y_pred, y=y)
     assert ap_metric.aggregate() == pytest.approx(average_precision(all_scores, all_truth))
+    # the pooled best Dice, as the evaluation computes it: best_dice on the metric's buffers (all voxels, in order)
+    pooled_scores, pooled_truth = ap_metric.get_buffer()
+    torch.testing.assert_close(pooled_scores.flatten(), all_scores.float())
+    assert torch.equal(pooled_truth.flatten().bool(), all_truth)
     expected_dice, expected_threshold = best_dice(all_scores, all_truth)
-    assert dice_metric.aggregate() == pytest.approx(expected_dice)
-    assert dice_metric.threshold == pytest.approx(expected_threshold)
+    dice, threshold = best_dice(*ap_metric.get_buffer())
+    assert dice == pytest.approx(expected_dice)
+    assert threshold == pytest.approx(expected_threshold)
     # one buffer row per call, not one per voxel (Cumulative.extend splits along the first dimension)
     assert len(ap_metric._buffers[0]) == 2
     listed = VoxelAveragePrecisionMetric()

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
+from monai.data import MetaTensor
 from monai.transforms import Compose
 from scipy import ndimage
 
-from bundle.transforms import LabelToIntensityd, MaskTeeth, MaskTeethd, TeethMask, TeethMaskd, teeth_mask
+from bundle.transforms import LabelToIntensityd, MaskTeeth, MaskTeethd, teeth_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,11 +36,27 @@ def test_teeth_mask_equals_reference_maxpool_dilation():
     intensity = np.where(labels > 0, (labels + 5) / 10, 0.0).astype(np.float32)
     # eq. 14's MaxPool3d(5, stride 1, padding 2) is a grey dilation with a 5^3 box, zeros outside the volume
     reference = ndimage.grey_dilation((intensity[0] > 0.75).astype(np.float32), size=(5, 5, 5), mode="constant")
-    out = TeethMask()(torch.from_numpy(intensity))
-    np.testing.assert_array_equal(out[0].numpy(), reference)
-    stored = TeethMaskd(keys="image", mask_key="mask")({"image": torch.from_numpy(intensity)})
-    np.testing.assert_array_equal(stored["mask"][0].numpy(), reference)
-    np.testing.assert_array_equal(stored["image"].numpy(), intensity)
+    mask = teeth_mask(torch.from_numpy(intensity))
+    assert mask.shape == intensity.shape and mask.dtype == torch.float32
+    np.testing.assert_array_equal(mask[0].numpy(), reference)
+    # MaskTeeth blanks exactly that mask (eq. 15), returns the input's type and leaves the input as it was
+    original = intensity.copy()
+    masked = MaskTeeth()(intensity)
+    assert isinstance(masked, np.ndarray) and masked.shape == intensity.shape
+    np.testing.assert_array_equal(masked, intensity * (1.0 - reference)[None])
+    np.testing.assert_array_equal(intensity, original)
+    stored = MaskTeethd(keys="image")({"image": torch.from_numpy(intensity)})
+    np.testing.assert_array_equal(stored["image"].numpy(), masked)
+
+
+def test_mask_teeth_keeps_the_meta_data():
+    affine = torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0]))
+    intensity = MetaTensor(torch.full((1, 5, 5, 5), 0.7), affine=affine, meta={"filename_or_obj": "case.nii.gz"})
+    intensity[0, 2, 2, 2] = 0.9
+    masked = MaskTeeth(kernel_size=3)(intensity)
+    assert isinstance(masked, MetaTensor) and masked.meta["filename_or_obj"] == "case.nii.gz"
+    torch.testing.assert_close(masked.affine, affine.to(masked.affine.dtype))
+    assert int((masked.as_tensor() == 0).sum()) == 27
 
 
 def test_mask_teeth_blanks_dilated_teeth_and_keeps_the_rest():

@@ -20,6 +20,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.utils import convert_to_tensor
 
+from bundle.atomic_files import hidden_name, write_json_atomically
 from bundle.metrics import (
     VoxelAveragePrecisionMetric,
     average_precision,
@@ -28,7 +29,6 @@ from bundle.metrics import (
     hausdorff95_mm,
     subject_auroc,
 )
-from bundle.outputs import write_text_atomically
 from bundle.transforms import teeth_mask
 
 # name -> output key of the maps measured at voxel level: those of configs/inference.json#scoring_steps
@@ -107,10 +107,14 @@ def save_figure_slices(path: Path, volumes: Mapping[str, torch.Tensor | None], l
         for axis, plane in enumerate(PLANES):
             arrays[f"{name}.{plane}"] = volume.select(axis, point[axis]).cpu().numpy().astype(np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial")
-    with open(temporary, "wb") as stream:
-        np.savez_compressed(stream, **arrays)
-    os.replace(temporary, path)
+    temporary = hidden_name(path.parent, path.name, ".partial")
+    try:
+        with open(temporary, "xb") as stream:
+            np.savez_compressed(stream, **arrays)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -165,6 +169,7 @@ class AnomalyEvaluationHandler:
         self.figure_cases_per_kind = figure_cases_per_kind
         self.fixed_thresholds = {name: dict(rules) for name, rules in (fixed_thresholds or {}).items()}
         self.cases: list[dict] = []
+        self.settings: dict = {}
         self._figure_counts: dict[str, int] = {}
         self.pooled = {name: VoxelAveragePrecisionMetric() for name in self.maps}
         self.healthy_voxels: dict[str, list[torch.Tensor]] = {name: [] for name in self.maps}
@@ -176,6 +181,7 @@ class AnomalyEvaluationHandler:
 
     def reset(self) -> None:
         self.cases.clear()
+        self.settings.clear()
         self._figure_counts.clear()
         for metric in self.pooled.values():
             metric.reset()
@@ -188,6 +194,14 @@ class AnomalyEvaluationHandler:
             truth = batch.get(self.truth_key)
             truth = torch.zeros_like(wound) if truth is None else convert_to_tensor(truth, track_meta=False) > 0
             report = output[self.report_key]
+            if not self.settings:
+                # the same for every case of a run: the weights, the post-processing and the score's parameters
+                self.settings = {key: report[key] for key in ("model", "thresholds") if key in report}
+                self.settings["subject_score_parameters"] = {
+                    key: value
+                    for key, value in report["subject_score"].items()
+                    if key in ("threshold", "erosion_iterations")
+                }
             lesion = str(batch.get(self.lesion_key, "none"))
             volume = batch.get(self.lesion_volume_key)
             case = {
@@ -270,7 +284,7 @@ class AnomalyEvaluationHandler:
     def summary(self) -> dict:
         lesion = [c for c in self.cases if c["lesion"] != "none"]
         normal = [c for c in self.cases if c["lesion"] == "none"]
-        result: dict = {"num_lesion_cases": len(lesion), "num_normal_cases": len(normal)}
+        result: dict = {"num_lesion_cases": len(lesion), "num_normal_cases": len(normal), **self.settings}
         for score in ("score_two_reconstructions", "score_original_vs_reconstruction", "score_wound_volume"):
             lesion_scores = [c[score] for c in lesion]
             normal_scores = [c[score] for c in normal]
@@ -324,10 +338,6 @@ class AnomalyEvaluationHandler:
                 [c for c in lesion if c["lesion"] == kind],
                 ("restoration_mse", "restoration_teeth_dice", "restoration_lesion_mse"),
             )
-            for kind in sorted({c["lesion"] for c in lesion})
-        }
-        result["dice_by_lesion_kind"] = {
-            kind: _summary([c["dice"] for c in lesion if c["lesion"] == kind and "dice" in c])
             for kind in sorted({c["lesion"] for c in lesion})
         }
         result["by_lesion_kind"] = {
@@ -390,4 +400,4 @@ class AnomalyEvaluationHandler:
 
     def write(self, engine: Engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(self.output_dir / "metrics.json", json.dumps(self.summary(), indent=4) + "\n")
+        write_json_atomically(self.output_dir / "metrics.json", self.summary())

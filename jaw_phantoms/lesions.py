@@ -2,6 +2,8 @@
 
 - ``onj``: osteonecrosis of the mandible body (premolar to retromolar region), a rough blob from the crest down that
   removes bone and canal, and the teeth whose necks it reaches (extraction is a main trigger of ONJ);
+- ``onj_ramus``: the same in the ramus, behind the last tooth, between the angle and the mandibular notch (a common
+  site of osteoradionecrosis after radiotherapy of the oral cavity), 0.5 to 4 cm^3 by default (the ramus is thin);
 - ``onj_maxilla``: the same in the maxillary alveolar process above the upper premolars and molars;
 - ``teeth_and_jaw_removed``: the paper's simulation, a full-height segment of the mandible body removed with its teeth.
 
@@ -18,10 +20,12 @@ import numpy as np
 from jaw_phantoms.anatomy import CANAL, LOWER_TEETH, MANDIBLE, UPPER_SKULL, UPPER_TEETH, JawSubject
 from jaw_phantoms.primitives import SmoothNoise, even_power
 
-LESION_KINDS = ("none", "onj", "onj_maxilla", "teeth_and_jaw_removed")
+LESION_KINDS = ("none", "onj", "onj_ramus", "onj_maxilla", "teeth_and_jaw_removed")
 ONJ_VOLUME_ML = (0.5, 10.0)
+RAMUS_VOLUME_ML = (0.5, 4.0)
 _REMOVABLE = {
     "onj": (MANDIBLE, CANAL),
+    "onj_ramus": (MANDIBLE, CANAL),
     "onj_maxilla": (UPPER_SKULL,),
     "teeth_and_jaw_removed": (MANDIBLE, CANAL, LOWER_TEETH),
 }
@@ -76,12 +80,21 @@ def sample_lesion(subject: JawSubject, kind: str, seed: int, volume_ml: float | 
         radii = np.array([rng.uniform(6.0, 15.0), 14.0, 0.5 * (crest - base) + 16.0])
         return LesionSpec(kind, centre, axes, radii, 8, noise, 0.1, None)
     if volume_ml is None:
-        volume_ml = float(np.exp(rng.uniform(*np.log(ONJ_VOLUME_ML))))
+        volume_range = RAMUS_VOLUME_ML if kind == "onj_ramus" else ONJ_VOLUME_ML
+        volume_ml = float(np.exp(rng.uniform(*np.log(volume_range))))
     if not volume_ml > 0.0:
         raise ValueError(f"lesion volume must be positive, got {volume_ml} ml")
-    s = side * rng.uniform(18.0, max(end - 4.0, 20.0))
+    if kind == "onj_ramus":
+        # beyond the last tooth the arch runs up the ramus; its crest and base there bound the ramus's height
+        far = float(landmarks.s[-1] if side > 0 else -landmarks.s[0])
+        s = side * rng.uniform(end + 8.0, max(far - 8.0, end + 10.0))
+    else:
+        s = side * rng.uniform(18.0, max(end - 4.0, 20.0))
     point, tangent, normal = landmarks.at(s)
-    if kind == "onj":
+    if kind == "onj_ramus":
+        base, crest = float(landmarks.base(s)), float(landmarks.crest(s))
+        centre = np.array([*point, base + rng.uniform(0.2, 0.55) * (crest - base)])
+    elif kind == "onj":
         crest = float(landmarks.crest(s))
         centre = np.array([*(point + rng.uniform(-2.0, 2.0) * normal), crest - rng.uniform(2.0, 8.0)])
     else:

@@ -31,7 +31,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from jaw_phantoms import parametric
+from jaw_phantoms import lesions, parametric
 from jaw_phantoms.anatomy import AnatomyOptions
 from jaw_phantoms.phantom import JawPhantom, make_phantom
 
@@ -49,7 +49,7 @@ def write_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 STYLES = ("real_mandible", "parametric")
 # lesion kinds of the test subjects, in turn; the parametric (0.2) phantoms know only the first two
-_LESION_CYCLE = {
+LESION_CYCLE = {
     "real_mandible": ("onj", "teeth_and_jaw_removed", "onj", "onj_maxilla"),
     "parametric": ("onj", "teeth_and_jaw_removed"),
 }
@@ -81,8 +81,16 @@ def plan_cases(
     lps_fraction: float,
     seed: int,
     style: str = "real_mandible",
+    lesion_kinds: tuple[str, ...] | None = None,
 ) -> list[CasePlan]:
-    """Decide name, split, subject seed, lesion kind, spacing and voxel axes of every case, from ``seed`` alone."""
+    """Decide name, split, subject seed, lesion kind, spacing and voxel axes of every case, from ``seed`` alone.
+
+    Lesion subjects take the kinds of ``lesion_kinds`` in turn (default: ``LESION_CYCLE[style]``)."""
+    cycle = tuple(lesion_kinds or LESION_CYCLE[style])
+    known = lesions.LESION_KINDS if style == "real_mandible" else parametric.LESION_KINDS
+    unknown = [kind for kind in cycle if kind not in known[1:]]
+    if unknown:
+        raise ValueError(f"unknown lesion kind(s) {unknown} for {style} phantoms; expected some of {known[1:]}")
     counts = {"training": train_subjects, "validation": val_subjects, "test": test_subjects}
     for name, count in counts.items():
         if count < 0:
@@ -111,7 +119,6 @@ def plan_cases(
         for number in range(count):
             lesion = "none"
             if split == "test" and number in lesion_cases:
-                cycle = _LESION_CYCLE[style]
                 lesion = cycle[lesion_number % len(cycle)]
                 lesion_number += 1
             factors = ANISOTROPIC_FACTORS if anisotropic[index] else (1.0, 1.0, 1.0)
@@ -198,7 +205,7 @@ def write_preview(cases: list[tuple[CasePlan, JawPhantom]], path: Path) -> None:
 def _preview_choice(plans: list[CasePlan]) -> set[str]:
     """Up to four subjects for the preview: lesion cases of both kinds first, then healthy ones."""
     chosen = []
-    for kind in ("onj", "teeth_and_jaw_removed", "onj_maxilla"):
+    for kind in ("onj", "teeth_and_jaw_removed", "onj_maxilla", "onj_ramus"):
         chosen += [p.name for p in plans if p.lesion == kind][:1]
     chosen += [p.name for p in plans if p.lesion == "none"][: _PREVIEW_SUBJECTS - len(chosen)]
     return set(chosen[:_PREVIEW_SUBJECTS])
@@ -224,6 +231,7 @@ def make_phantom_set(
     lps_fraction: float = 0.25,
     seed: int = 0,
     style: str = "real_mandible",
+    lesion_kinds: tuple[str, ...] | None = None,
     preview: bool = True,
     overwrite: bool = False,
     log=print,
@@ -250,6 +258,7 @@ def make_phantom_set(
         lps_fraction,
         seed,
         style,
+        lesion_kinds,
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.parent / f".{output.name}.partial-{os.getpid()}"

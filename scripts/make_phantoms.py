@@ -52,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         default="real_mandible",
         help="real_mandible: heads built on the real mandible bank (default); parametric: the version-0.2 phantoms",
     )
+    parser.add_argument(
+        "--lesion_kinds",
+        nargs="+",
+        help="lesion kinds the lesion subjects take in turn (default: onj teeth_and_jaw_removed onj onj_maxilla; "
+        "parametric: onj teeth_and_jaw_removed); real-mandible kinds: onj onj_ramus onj_maxilla teeth_and_jaw_removed",
+    )
     parser.add_argument("--no_preview", action="store_true", help="skip preview.png")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--quiet", action="store_true", help="print only the datalist path")
@@ -70,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             lps_fraction=args.lps_fraction,
             seed=args.seed,
             style=args.style,
+            lesion_kinds=tuple(args.lesion_kinds) if args.lesion_kinds else None,
             preview=not args.no_preview,
             overwrite=args.overwrite,
             log=(lambda message: None) if args.quiet else print,

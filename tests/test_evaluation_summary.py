@@ -43,8 +43,8 @@ def test_summary_counts_found_lesions_by_size_and_normals_with_regions(tmp_path)
     summary = handler.summary()
     assert summary["lesions_found"] == {"min_volume_ml": 1.0, "dice_above": 0.3, "n": 3, "found": 2}
     assert summary["normals_with_any_region"] == 1
-    assert summary["dice_by_lesion_kind"]["onj"]["n"] == 3
-    assert summary["dice_by_lesion_kind"]["teeth_and_jaw_removed"]["mean"] == pytest.approx(0.7)
+    assert summary["by_lesion_kind"]["onj"]["dice"]["n"] == 3 and summary["by_lesion_kind"]["onj"]["found"] == 1
+    assert summary["by_lesion_kind"]["teeth_and_jaw_removed"]["dice"]["mean"] == pytest.approx(0.7)
     assert summary["lesion_volume_ml"]["min"] == pytest.approx(0.6)
     two = summary["score_two_reconstructions"]
     assert not two["every_lesion_above_every_normal"]  # lesion c (5) is below normal f (6)

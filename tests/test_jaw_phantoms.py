@@ -104,7 +104,7 @@ def test_the_same_seed_gives_the_same_phantom_and_the_lesion_keeps_the_anatomy()
     np.testing.assert_array_equal(lesioned.healthy_labels, healthy.labels)
 
 
-@pytest.mark.parametrize("kind", ["onj", "onj_maxilla", "teeth_and_jaw_removed"])
+@pytest.mark.parametrize("kind", ["onj", "onj_ramus", "onj_maxilla", "teeth_and_jaw_removed"])
 def test_lesion_truth_is_exactly_the_removed_tissue(kind):
     phantom = make_phantom(5, spacing=1.0, lesion=kind, options=HELD_OUT, lesion_volume_ml=2.0, with_cbct=False)
     removed = (phantom.healthy_labels > 0) & (phantom.labels == 0)
@@ -115,8 +115,15 @@ def test_lesion_truth_is_exactly_the_removed_tissue(kind):
         assert volume_ml > 1.0 and set(np.unique(phantom.healthy_labels[removed])) >= {MANDIBLE, LOWER_TEETH}
     else:
         assert volume_ml == pytest.approx(2.0, rel=0.1)
-        site = MANDIBLE if kind == "onj" else UPPER_SKULL
+        site = UPPER_SKULL if kind == "onj_maxilla" else MANDIBLE
         assert np.mean(phantom.healthy_labels[removed] == site) > 0.5
+    if kind == "onj_ramus":
+        # behind the last lower tooth, away from the tooth-bearing body
+        landmarks = phantom.subject.landmarks
+        nearest = np.argmin(np.linalg.norm(landmarks.arch - phantom.lesion.centre[:2], axis=1))
+        s = landmarks.s[nearest]
+        assert abs(s) > landmarks.teeth_end[0 if s < 0 else 1]
+        assert not np.isin(phantom.healthy_labels[removed], [LOWER_TEETH]).any()
 
 
 def test_impossible_requests_are_refused_with_a_reason():

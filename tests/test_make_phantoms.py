@@ -162,6 +162,14 @@ def test_plan_mixes_lesion_kinds_only_in_the_test_split():
     assert all(plan.lesion == "none" for plan in plans if plan.split != "test")
     assert len({plan.seed for plan in plans}) == len(plans)
     assert plans == make_phantoms.plan_cases(4, 2, 10, 0.6, 1.0, 0.25, 0.25, seed=0)
+    # a chosen cycle of kinds changes the kinds only: the same subjects, spacings and axes
+    ramus = make_phantoms.plan_cases(4, 2, 10, 0.6, 1.0, 0.25, 0.25, seed=0, lesion_kinds=("onj_ramus", "onj"))
+    assert [p.lesion for p in ramus if p.lesion != "none"] == ["onj_ramus", "onj"] * 3
+    assert [(p.seed, p.spacing, p.axcodes) for p in ramus] == [(p.seed, p.spacing, p.axcodes) for p in plans]
+    with pytest.raises(ValueError, match="onj_ramus"):
+        make_phantoms.plan_cases(
+            4, 2, 10, 0.6, 1.0, 0.25, 0.25, seed=0, style="parametric", lesion_kinds=("onj_ramus",)
+        )
 
 
 def test_benchmark_reports_timing_and_volumes_against_the_real_map(tmp_path):

@@ -1,0 +1,208 @@
+"""Regenerate the whole evaluation of the shipped weights with one command: phantom sets, runs, tables, figures.
+
+    python -m scripts.run_evaluation
+
+Every run is ``python -m monai.bundle run`` of the evaluation overlay (``configs/inference.json`` +
+``configs/evaluate.json``, with its progress bar), in this order:
+
+1. the phantom sets, made when missing or not current (``PhantomSet.is_current``), with fixed seeds: the evaluation
+   set on held-out mandible shapes with lesions at every site (``data/phantoms_eval``), the same count of version-0.2
+   parametric phantoms (``data/phantoms_eval_parametric``) and the tuning set of the post-processing defaults
+   (``data/phantoms_tune40``);
+2. ``validation``: the tuning set (never the evaluation set), whose ``metrics.json`` fixes both threshold rules of
+   every map (``bundle.evaluation.read_fixed_thresholds``);
+3. the held-out runs with those thresholds (``RUNS``): the default configuration, the anatomical search region off,
+   and both again on the parametric phantoms;
+4. ``vqvae``: the VQ-VAE baseline trained on the same data (paper section 5.1), when its packaged weights exist
+   (``--vqvae_checkpoint``; docs/demo_weights.md says how they are made). Its thresholds would need its own
+   validation run, so none are applied;
+5. the report (:mod:`scripts.report_evaluation`): ``docs/evaluation.json`` (every run's metrics, cases included),
+   ``docs/results.md`` and ``docs/acceptance.md`` generated from it, the figures in ``docs/figures/evaluation/``,
+   ``configs/metadata.json#eval_metrics`` and the model card's performance block.
+
+Run folders go to ``runs/evaluation/<run>/`` and are replaced (``--reuse_runs`` keeps those that finished, to resume
+an interrupted evaluation). About 10 minutes on 2 CPU cores for the six runs of 40-44 subjects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jaw_phantoms.writing import DATALIST_NAME, make_phantom_set, plan_cases
+from scripts import report_evaluation
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = "['configs/inference.json','configs/evaluate.json']"
+
+
+@dataclass(frozen=True)
+class PhantomSet:
+    """A held-out phantom set: ``scripts/make_phantoms.py <folder> --train_subjects 0 --val_subjects 0
+    --test_subjects <subjects> --lesion_fraction 0.5 --seed <seed> --style <style> [--lesion_kinds ...]``."""
+
+    folder: str
+    subjects: int
+    seed: int
+    style: str = "real_mandible"
+    lesion_kinds: tuple[str, ...] | None = None
+
+    def datalist(self, root: Path) -> Path:
+        return root / self.folder / DATALIST_NAME
+
+    def plan(self) -> dict:
+        """The arguments of ``plan_cases`` and ``make_phantom_set`` (make_phantoms.py's defaults otherwise)."""
+        return dict(
+            train_subjects=0,
+            val_subjects=0,
+            test_subjects=self.subjects,
+            lesion_fraction=0.5,
+            spacing=1.0,
+            anisotropic_fraction=0.25,
+            lps_fraction=0.25,
+            seed=self.seed,
+            style=self.style,
+            lesion_kinds=self.lesion_kinds,
+        )
+
+    def is_current(self, root: Path) -> bool:
+        """Whether the set on disk is this one: the same subjects and lesion kinds, with the intact maps that the
+        reconstruction experiment needs (a set made by an older generator, or with other options, is not)."""
+        try:
+            entries = json.loads(self.datalist(root).read_text())["test"]
+        except (OSError, ValueError, KeyError):
+            return False
+        expected = [(plan.seed, plan.lesion, plan.lesion != "none") for plan in plan_cases(**self.plan())]
+        return [(entry.get("seed"), entry.get("lesion"), "intact" in entry) for entry in entries] == expected
+
+    def make(self, root: Path) -> Path:
+        return make_phantom_set(root / self.folder, **self.plan(), preview=False, overwrite=True)
+
+
+# every site of the breakdown: mandible body (ONJ, the paper's removal), ramus, maxilla
+EVALUATION_SET = PhantomSet(
+    "data/phantoms_eval", 44, 777, lesion_kinds=("onj", "teeth_and_jaw_removed", "onj_ramus", "onj_maxilla")
+)
+PARAMETRIC_SET = PhantomSet("data/phantoms_eval_parametric", 44, 778, "parametric")
+TUNING_SET = PhantomSet("data/phantoms_tune40", 40, 555)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One evaluation run: its name (folder and key in docs/evaluation.json), title, data and config overrides."""
+
+    name: str
+    title: str
+    phantoms: PhantomSet
+    overrides: dict[str, str] = field(default_factory=dict)
+    thresholds: bool = True
+
+
+VALIDATION = Run("validation", "tuning set (validation of the threshold rules)", TUNING_SET, thresholds=False)
+RUNS = (
+    Run("default", "held-out shapes, default configuration (search region on)", EVALUATION_SET),
+    Run("search_region_off", "held-out shapes, search region off", EVALUATION_SET, {"use_search_region": "false"}),
+    Run("parametric", "parametric (0.2) phantoms, search region on", PARAMETRIC_SET),
+    Run(
+        "parametric_search_region_off",
+        "parametric (0.2) phantoms, search region off",
+        PARAMETRIC_SET,
+        {"use_search_region": "false"},
+    ),
+)
+
+
+def vqvae_run(checkpoint: Path) -> Run:
+    return Run(
+        "vqvae",
+        "held-out shapes, VQ-VAE baseline (same data)",
+        EVALUATION_SET,
+        {"checkpoint": str(checkpoint)},
+        thresholds=False,
+    )
+
+
+def bundle_command(run: Run, output_dir: Path, thresholds_from: Path | None) -> list[str]:
+    """The ``monai.bundle run`` command line of one run."""
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", CONFIGS]
+    command += ["--bundle_root", str(ROOT), "--datalist", str(run.phantoms.datalist(ROOT))]
+    command += ["--output_dir", str(output_dir)]
+    for key, value in run.overrides.items():
+        command += [f"--{key}", value]
+    if run.thresholds and thresholds_from is not None:
+        command += ["--thresholds_from", str(thresholds_from)]
+    return command
+
+
+def execute(run: Run, runs_dir: Path, thresholds_from: Path | None, reuse: bool) -> Path:
+    """Run one evaluation into ``runs_dir/<name>`` and return its ``metrics.json``."""
+    output_dir = runs_dir / run.name
+    metrics = output_dir / "metrics.json"
+    if reuse and metrics.is_file():
+        print(f"[{run.name}] reusing {metrics}", flush=True)
+        return metrics
+    shutil.rmtree(output_dir, ignore_errors=True)
+    print(f"[{run.name}] {run.title}", flush=True)
+    start = time.perf_counter()
+    result = subprocess.run(bundle_command(run, output_dir, thresholds_from), cwd=ROOT, env=_environment())
+    if result.returncode != 0:
+        raise SystemExit(f"run_evaluation: error: run {run.name!r} failed (exit status {result.returncode})")
+    print(f"[{run.name}] {time.perf_counter() - start:.0f} s", flush=True)
+    return metrics
+
+
+def _environment() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs_dir", type=Path, default=ROOT / "runs" / "evaluation", help="run folders")
+    parser.add_argument("--docs_dir", type=Path, default=ROOT / "docs", help="where the report goes")
+    parser.add_argument(
+        "--vqvae_checkpoint",
+        type=Path,
+        default=ROOT / "runs" / "bank_vqvae" / "model.pt",
+        help="packaged VQ-VAE baseline (skipped, with a note in the report, when absent)",
+    )
+    parser.add_argument("--reuse_runs", action="store_true", help="keep runs whose metrics.json exists")
+    parser.add_argument(
+        "--no_metadata", action="store_true", help="leave configs/metadata.json and the model card as they are"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    for phantoms in {run.phantoms for run in (VALIDATION, *RUNS)}:
+        if not phantoms.is_current(ROOT):
+            print(f"making {phantoms.folder}", flush=True)
+            phantoms.make(ROOT)
+    thresholds_from = execute(VALIDATION, args.runs_dir, None, args.reuse_runs)
+    runs = list(RUNS)
+    if args.vqvae_checkpoint.is_file():
+        runs.append(vqvae_run(args.vqvae_checkpoint))
+    else:
+        print(f"no VQ-VAE baseline at {args.vqvae_checkpoint}: experiment 1 shows the VQ-GAN alone", flush=True)
+    folders = {run.name: execute(run, args.runs_dir, thresholds_from, args.reuse_runs).parent for run in runs}
+    report_argv = ["--json", str(args.docs_dir / "evaluation.json"), "--docs_dir", str(args.docs_dir)]
+    for run in runs:
+        report_argv += ["--run", f"{run.name}={folders[run.name]}", "--title", f"{run.name}={run.title}"]
+    if not args.no_metadata:
+        report_argv += ["--metadata", str(ROOT / "configs" / "metadata.json")]
+        report_argv += ["--model_card", str(args.docs_dir / "README.md")]
+    report_evaluation.main(report_argv)
+    print(f"evaluation regenerated in {time.perf_counter() - start:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The one evaluation command: its runs are the documented overlay, and its phantom sets are made again when they
+are not the ones it specifies."""
+
+from __future__ import annotations
+
+import json
+
+from scripts.run_evaluation import RUNS, VALIDATION, PhantomSet, bundle_command, vqvae_run
+
+
+def test_run_commands_are_the_documented_overlay_with_thresholds_from_the_validation_run(tmp_path):
+    thresholds = tmp_path / "validation" / "metrics.json"
+    default = bundle_command(RUNS[0], tmp_path / "default", thresholds)
+    assert default[1:6] == [
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "['configs/inference.json','configs/evaluate.json']",
+    ]
+    assert default[-2:] == ["--thresholds_from", str(thresholds)]
+    off = bundle_command(RUNS[1], tmp_path / "off", thresholds)
+    assert off[off.index("--use_search_region") + 1] == "false"
+    assert "--thresholds_from" not in bundle_command(VALIDATION, tmp_path / "v", None)
+    vqvae = bundle_command(vqvae_run(tmp_path / "vae.pt"), tmp_path / "vae", thresholds)
+    assert vqvae[vqvae.index("--checkpoint") + 1] == str(tmp_path / "vae.pt") and "--thresholds_from" not in vqvae
+    assert VALIDATION.phantoms.folder != RUNS[0].phantoms.folder  # thresholds are never fixed on the test set
+
+
+def test_a_phantom_set_is_current_only_with_its_subjects_kinds_and_intact_maps(tmp_path):
+    tiny = PhantomSet("set", 2, 5, lesion_kinds=("onj_ramus",))
+    assert not tiny.is_current(tmp_path)  # missing
+    tiny.make(tmp_path)
+    assert tiny.is_current(tmp_path)
+    assert not PhantomSet("set", 2, 5).is_current(tmp_path)  # other lesion kinds
+    assert not PhantomSet("set", 2, 6, lesion_kinds=("onj_ramus",)).is_current(tmp_path)  # other subjects
+    datalist = tiny.datalist(tmp_path)
+    entries = json.loads(datalist.read_text())
+    for entry in entries["test"]:
+        entry.pop("intact", None)  # a set written before the generator kept intact maps
+    datalist.write_text(json.dumps(entries))
+    assert not tiny.is_current(tmp_path)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -40,6 +41,8 @@ from bundle.atomic_files import hidden_name
 
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 TEMPORARY_SUFFIXES = (".partial", ".replaced")
+
+logger = logging.getLogger(__name__)
 
 
 def is_temporary(path: Path) -> bool:
@@ -243,4 +246,5 @@ class WriteCaseFolderd(Transform):
             shutil.rmtree(partial, ignore_errors=True)
             raise
         d[self.folder_key] = final
+        logger.info("%s: outputs written to %s", name, final)
         return d

@@ -315,5 +315,8 @@ class SaveRegionMeshesd(MapTransform):
                 smoothing_iterations=self.smoothing_iterations,
                 overwrite=self.overwrite,
             )
-            logger.info("%s: %d wound mesh(es) written to %s", stem, len(paths), folder)
+            if self.folder_key is None:
+                logger.info("%s: %d wound mesh(es) written to %s", stem, len(paths), folder)
+            else:  # the case folder is still the hidden one here; WriteCaseFolderd logs the published folder
+                logger.info("%s: %d wound mesh(es)", stem, len(paths))
         return d

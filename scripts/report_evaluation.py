@@ -522,6 +522,14 @@ def _pairs(items: list[str] | None, option: str) -> dict[str, str]:
     return pairs
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the working folder when inside it, for the generated-by line of the documents."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -552,7 +560,9 @@ def main(argv: list[str] | None = None) -> int:
     source_json = args.from_json or args.json
     benchmark = args.benchmark or args.docs_dir / "benchmark_inference.json"
     timing = json.loads(benchmark.read_text()) if benchmark.is_file() else None
-    command = f"python -m scripts.report_evaluation --from_json {source_json} --docs_dir {args.docs_dir}"
+    command = (
+        f"python -m scripts.report_evaluation --from_json {_shown(source_json)} --docs_dir {_shown(args.docs_dir)}"
+    )
     try:
         results = render_results(runs, command, timing)
         acceptance = render_acceptance(runs, command)

@@ -1,6 +1,8 @@
 """Per-case report and writers (bundle/report.py, bundle/outputs.py) on label maps of any integer type, without
 full-size copies."""
 
+import logging
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -77,10 +79,13 @@ def test_case_report_gathers_scores_regions_and_settings():
     assert report["subject_score"]["wound_volume_mm3"] == pytest.approx(volume, abs=1e-3)
 
 
-def test_case_folder_is_published_whole_or_not_at_all(tmp_path):
+def test_case_folder_is_published_whole_or_not_at_all(tmp_path, caplog):
     data = CaseReportd("image", scores={})(RegionStatisticsd("pred")(_labelled_case()))
     writers = [SaveNiftid("pred", file_names="wound", output_dtype="uint8"), SaveJSONd("report")]
-    out = WriteCaseFolderd(writers, tmp_path)(data)
+    with caplog.at_level(logging.INFO):
+        out = WriteCaseFolderd(writers, tmp_path)(data)
+    # the log names the published folder, never the hidden one it was written into
+    assert f"outputs written to {tmp_path / 'case03'}" in caplog.text and ".partial" not in caplog.text
     assert out["case_folder"] == tmp_path / "case03"
     assert sorted(p.name for p in (tmp_path / "case03").iterdir()) == ["report.json", "wound.nii.gz"]
     np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "case03" / "wound.nii.gz").dataobj), _regions())

@@ -228,3 +228,13 @@ def test_evaluation_overlay_scores_lesion_and_normal_cases(tiny_weights, tmp_pat
     # the lesion case is measured against its intact map, and both cases leave slices for the figures
     assert 0.0 <= lesion_case["restoration_mse_stage2"] < 1.0 and "restoration_lesion_mse_stage1" in lesion_case
     assert {p.stem for p in (tmp_path / "eval" / "figure_slices").iterdir()} == case_folders
+    # the report of that run: tables from its metrics, figures from its slices and meshes
+    report = [sys.executable, "-m", "scripts.report_evaluation", "--run", f"default={tmp_path / 'eval'}"]
+    report += ["--json", str(tmp_path / "evaluation.json"), "--docs_dir", str(tmp_path / "docs")]
+    result = subprocess.run(report, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = (tmp_path / "docs" / "results.md").read_text()
+    assert "## Experiment 1" in results and f"{metrics['num_normal_cases']} healthy" in results
+    figures = {p.name for p in (tmp_path / "docs" / "figures" / "evaluation").iterdir()}
+    assert {"reconstruction_healthy.png", "anomaly_maps.png", "score_histograms.png"} <= figures
+    assert all(f"figures/evaluation/{name}" in results for name in figures)

@@ -258,6 +258,13 @@ def _experiment_1(runs: dict[str, dict]) -> list[str]:
     lines += _table(["measure", "VQ-GAN (shipped)", "VQ-VAE (same data)", "paper VQ-GAN", "paper VQ-VAE"], table)
     if vae is None:
         return lines + ["No VQ-VAE run: `--vqvae_checkpoint` was absent (docs/demo_weights.md makes it).", ""]
+    digests = [run.get("model", {}).get("sha256", "?")[:12] for run in (gan, vae)]
+    lines += [
+        f"Weights: VQ-GAN sha256 {digests[0]}..., VQ-VAE sha256 {digests[1]}... (both stages of each trained on the "
+        "same phantoms with the same schedule, the VQ-VAE without the adversarial term: "
+        "[demo_weights.md](demo_weights.md)).",
+        "",
+    ]
     for label, key, section, _ in EXPERIMENT_1_ROWS[:3] + EXPERIMENT_1_ROWS[4:5]:
         a, b = _reconstruction_entry(gan, key, section), _reconstruction_entry(vae, key, section)
         if a.get("n") and b.get("n"):

@@ -208,13 +208,14 @@ def replace_performance_block(card: str, runs: dict[str, dict]) -> str:
 
 
 def _compare(better: str, a: float, b: float, names: tuple[str, str], lower_is_better: bool = True) -> str:
-    """'lower for the VQ-VAE (0.00434 against 0.00533)'-style phrase comparing ``a`` (names[0]) with ``b``."""
+    """'lower for the VQ-VAE (0.00434 against 0.00533 for the VQ-GAN)': ``a`` (of names[0]) against ``b``."""
     if a == b:
         return f"equal ({a:.5g})"
     first_wins = (a < b) == lower_is_better
-    winner, loser = (names[0], names[1]) if first_wins else (names[1], names[0])
-    high, low = (a, b) if first_wins else (b, a)
-    return f"{better} for the {winner} ({high:.5g} against {low:.5g} for the {loser})"
+    (winner, winning), (loser, losing) = (
+        ((names[0], a), (names[1], b)) if first_wins else ((names[1], b), (names[0], a))
+    )
+    return f"{better} for the {winner} ({winning:.5g} against {losing:.5g} for the {loser})"
 
 
 HEALTHY, RESTORATION = "reconstruction_of_healthy_subjects", "restoration_of_lesion_subjects"

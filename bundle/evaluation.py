@@ -236,6 +236,7 @@ class AnomalyEvaluationHandler:
                     case[f"{prefix}best_dice"], case[f"{prefix}best_dice_threshold"] = best_dice(score, truth)
                     for rule, threshold in self.fixed_thresholds.get(name, {}).items():
                         case[f"{prefix}dice_at_{rule}"] = dice_at_threshold(score, truth, threshold)
+                        case[f"{prefix}hd95_mm_at_{rule}"] = hausdorff95_mm(score >= threshold, truth, spacing)
             if self._figure_counts.get(lesion, 0) < self.figure_cases_per_kind:
                 self._figure_counts[lesion] = self._figure_counts.get(lesion, 0) + 1
                 volumes = {"input": image, "intact": intact, "truth": truth.float() if truth.any() else None}
@@ -307,26 +308,13 @@ class AnomalyEvaluationHandler:
                 "dice_at_fixed_threshold": {
                     rule: {
                         "threshold": threshold,
-                        "dice": _summary(
-                            [
-                                c[f"{self._prefix(name)}dice_at_{rule}"]
-                                for c in lesion
-                                if f"{self._prefix(name)}dice_at_{rule}" in c
-                            ]
-                        ),
+                        "dice": self._per_lesion(lesion, name, f"dice_at_{rule}"),
+                        "hd95_mm": self._per_lesion(lesion, name, f"hd95_mm_at_{rule}"),
                     }
                     for rule, threshold in self.fixed_thresholds.get(name, {}).items()
                 },
-                "average_precision": _summary(
-                    [
-                        c[f"{self._prefix(name)}average_precision"]
-                        for c in lesion
-                        if f"{self._prefix(name)}average_precision" in c
-                    ]
-                ),
-                "best_dice": _summary(
-                    [c[f"{self._prefix(name)}best_dice"] for c in lesion if f"{self._prefix(name)}best_dice" in c]
-                ),
+                "average_precision": self._per_lesion(lesion, name, "average_precision"),
+                "best_dice": self._per_lesion(lesion, name, "best_dice"),
             }
             for name in self.maps
         }
@@ -369,6 +357,11 @@ class AnomalyEvaluationHandler:
             for name in self.reconstruction_keys
             for measure in measures
         }
+
+    def _per_lesion(self, lesion: list[dict], name: str, measure: str) -> dict:
+        """Summary over the lesion cases of one map's per-case measure."""
+        key = f"{self._prefix(name)}{measure}"
+        return _summary([c[key] for c in lesion if key in c])
 
     @staticmethod
     def _prefix(name: str) -> str:

@@ -296,6 +296,14 @@ def _subject_scores(metrics: dict) -> list[str]:
     return _table(header, rows)
 
 
+def _at_threshold(fixed: dict | None) -> str:
+    if fixed is None:
+        return "-"
+    hd95 = fixed.get("hd95_mm", {})
+    distance = f"{hd95['mean']:.1f}" if hd95.get("n") else "-"
+    return f"{_mean_min(fixed['dice'])}; {distance} (at {fixed['threshold']:.3g})"
+
+
 def _voxel_level(metrics: dict) -> list[str]:
     rows = []
     for name, entry in metrics["voxel_metrics"].items():
@@ -308,18 +316,15 @@ def _voxel_level(metrics: dict) -> list[str]:
                 _mean_min(entry["average_precision"]),
                 _mean_min(entry["best_dice"]),
             ]
-            + [
-                f"{_mean_min(fixed[rule]['dice'])} at {fixed[rule]['threshold']:.3g}" if rule in fixed else "-"
-                for rule in ("validation_tuned", "healthy_calibrated")
-            ]
+            + [_at_threshold(fixed.get(rule)) for rule in ("validation_tuned", "healthy_calibrated")]
         )
     header = [
         "map",
         "AP pooled over all voxels",
         "AP per lesion: mean (min)",
         "best Dice per lesion: mean (min)",
-        "Dice at the validation-tuned threshold",
-        "Dice at the healthy-calibrated threshold",
+        "at the validation-tuned threshold: Dice mean (min); HD95 mm mean",
+        "at the healthy-calibrated threshold: Dice mean (min); HD95 mm mean",
     ]
     return _table(header, rows)
 
@@ -589,6 +594,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"report_evaluation: error: {args.model_card}: {error}") from None
     except KeyError as error:
         raise SystemExit(f"report_evaluation: error: a run lacks {error} (metrics.json of an older bundle?)") from None
+    args.docs_dir.mkdir(parents=True, exist_ok=True)
     if args.json:
         write_json_atomically(args.json, runs, indent=1)
     if folders:

@@ -136,7 +136,9 @@ def test_threshold_rules_are_measured_on_one_set_and_applied_on_another(tmp_path
     test.collect(SimpleNamespace(state=state))
     fixed = test.summary()["voxel_metrics"]["two_reconstructions"]["dice_at_fixed_threshold"]
     assert fixed["validation_tuned"]["dice"]["mean"] == 0.0  # 0.8 < 0.95: the tuned threshold misses it
+    assert fixed["validation_tuned"]["hd95_mm"]["n"] == 0  # nothing above it: no distance
     assert fixed["healthy_calibrated"]["dice"]["mean"] == pytest.approx(1.0)
+    assert fixed["healthy_calibrated"]["hd95_mm"]["mean"] == 0.0  # the thresholded map is the truth itself
     with pytest.raises(ValueError, match="not the metrics.json"):
         read_fixed_thresholds(tmp_path / "missing.json")
 

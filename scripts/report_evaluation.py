@@ -351,9 +351,7 @@ def _breakdown(metrics: dict) -> list[str]:
 
 
 def _variants(runs: dict[str, dict]) -> list[str]:
-    names = [
-        name for name in ("default", "search_region_off", "parametric", "parametric_search_region_off") if name in runs
-    ]
+    names = [name for name in RUN_NAMES if name in runs]
     rows = []
     for label, measure in (
         (
@@ -368,6 +366,10 @@ def _variants(runs: dict[str, dict]) -> list[str]:
         ("lesions >= 1 cm^3 found", lambda m: f"{m['lesions_found']['found']} of {m['lesions_found']['n']}"),
         ("AUROC, two-reconstruction score", lambda m: f"{m['score_two_reconstructions']['auroc']:.3f}"),
         ("AUROC, wound volume", lambda m: f"{m['score_wound_volume']['auroc']:.3f}"),
+        (
+            "AP of the two-reconstruction map, pooled over all voxels",
+            lambda m: f"{m['voxel_metrics']['two_reconstructions']['pooled_average_precision']:.3f}",
+        ),
     ):
         rows.append([label] + [measure(runs[name]["metrics"]) for name in names])
     return _table(["measure"] + [runs[name]["title"] for name in names], rows)
@@ -451,7 +453,12 @@ def render_results(runs: dict[str, dict], command: str, timing: dict | None) -> 
         ]
     lines += [f"![anomaly maps]({figure}{FIGURES['maps']})", "", "### By lesion size and site", ""]
     lines += _breakdown(default)
-    lines += ["### Anatomical search region and the 0.2 phantoms", ""]
+    lines += ["### Anatomical search region, the 0.2 phantoms and the VQ-VAE baseline", ""]
+    if "vqvae" in runs:
+        lines += [
+            "The VQ-VAE run uses the post-processing defaults tuned for the shipped VQ-GAN (demo_weights.md).",
+            "",
+        ]
     lines += _variants(runs)
     lines += [
         "### Exported STL meshes",

@@ -82,6 +82,10 @@ def _mean_max(summary: dict, digits: int = 3) -> str:
     return f"{summary['mean']:.{digits}f} ({summary['max']:.{digits}f})" if summary.get("n") else "-"
 
 
+def _optional(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows] + [""]
@@ -312,7 +316,7 @@ def _voxel_level(metrics: dict) -> list[str]:
         rows.append(
             [
                 MAP_TITLES.get(name, name),
-                "-" if pooled is None else f"{pooled:.3f}",
+                _optional(pooled),
                 _mean_min(entry["average_precision"]),
                 _mean_min(entry["best_dice"]),
             ]
@@ -368,7 +372,7 @@ def _variants(runs: dict[str, dict]) -> list[str]:
         ("AUROC, wound volume", lambda m: f"{m['score_wound_volume']['auroc']:.3f}"),
         (
             "AP of the two-reconstruction map, pooled over all voxels",
-            lambda m: f"{m['voxel_metrics']['two_reconstructions']['pooled_average_precision']:.3f}",
+            lambda m: _optional(m["voxel_metrics"]["two_reconstructions"]["pooled_average_precision"]),
         ),
     ):
         rows.append([label] + [measure(runs[name]["metrics"]) for name in names])

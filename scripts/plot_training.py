@@ -122,8 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         iterations_per_epoch = max(1, round(training[-1][0] / validation[-1][0]))
         rows[str(run)] = adversarial_summary(scalars, iterations_per_epoch)
         epochs, losses = per_epoch(training, iterations_per_epoch)
-        train_axis.plot(epochs, losses, label=run.name, linewidth=0.8)
-        val_axis.plot(*zip(*validation), marker=".", label=run.name)
+        # the run's folder and its parent: stages of different runs share a folder name
+        label = "/".join(run.parts[-2:])
+        train_axis.plot(epochs, losses, label=label, linewidth=0.8)
+        val_axis.plot(*zip(*validation), marker=".", label=label)
     train_axis.set(title="training reconstruction loss (mean per epoch)", xlabel="epoch", yscale="log")
     val_axis.set(title="validation MSE (whole volumes)", xlabel="epoch", yscale="log")
     for axis in (train_axis, val_axis):

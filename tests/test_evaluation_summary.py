@@ -49,6 +49,8 @@ def test_summary_counts_found_lesions_by_size_and_normals_with_regions(tmp_path)
     two = summary["score_two_reconstructions"]
     assert not two["every_lesion_above_every_normal"]  # lesion c (5) is below normal f (6)
     assert two["auroc"] == pytest.approx(7 / 8)
+    # ranked 90, 40, 30 (lesions), 6 (healthy), 5 (lesion), 0: precision 1, 1, 1, then 4/5 at the last lesion
+    assert two["average_precision"] == pytest.approx((1 + 1 + 1 + 4 / 5) / 4)
     # lesion c has no region: its wound volume (0) ties healthy e's and is below healthy f's (30)
     volume = summary["score_wound_volume"]
     assert volume["lesion"]["min"] == 0 and volume["normal"]["max"] == 30

@@ -57,6 +57,19 @@ def test_summary_counts_found_lesions_by_size_and_normals_with_regions(tmp_path)
     assert volume["auroc"] == pytest.approx((3 * 2 + 0.5) / 8) and volume["normals_scoring_zero"] == 1
 
 
+def _report(case: str, two: int, original: int, wound_mm3: float, regions: int) -> dict:
+    """The parts of a case report (bundle.report.CaseReportd) that the handler reads."""
+    return {
+        "case": case,
+        "subject_score": {
+            "two_reconstructions": two,
+            "original_vs_reconstruction": original,
+            "wound_volume_mm3": wound_mm3,
+        },
+        "num_regions": regions,
+    }
+
+
 def _grid(values: torch.Tensor) -> MetaTensor:
     return MetaTensor(values[None].float(), affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
 
@@ -68,11 +81,7 @@ def test_collected_voxel_metrics_match_hand_computed_values(tmp_path):
     truth[2:5, 2:5, 2:5] = 1
     wound = torch.roll(truth, 1, dims=0)
     healthy = torch.zeros(10, 10, 10)
-    report = {
-        "case": "c",
-        "subject_score": {"two_reconstructions": 3, "original_vs_reconstruction": 1, "wound_volume_mm3": 216.0},
-        "num_regions": 1,
-    }
+    report = _report("c", two=3, original=1, wound_mm3=216.0, regions=1)
     state = SimpleNamespace(
         batch=[
             {"truth": _grid(truth), "lesion": "onj", "lesion_volume_ml": 2.0},
@@ -111,11 +120,7 @@ def test_threshold_rules_are_measured_on_one_set_and_applied_on_another(tmp_path
     truth[2:5, 2:5, 2:5] = 1
     healthy_map = torch.zeros(10, 10, 10)
     healthy_map[0, 0, :4] = torch.tensor([0.9, 0.8, 0.7, 0.6])  # the four highest healthy voxels
-    report = {
-        "case": "c",
-        "subject_score": {"two_reconstructions": 1, "original_vs_reconstruction": 1, "wound_volume_mm3": 0.0},
-        "num_regions": 0,
-    }
+    report = _report("c", two=1, original=1, wound_mm3=0.0, regions=0)
     lesion_output = {"wound": _grid(truth), "pred_anomaly": _grid(0.95 * truth), "report": report}
     healthy_output = {"wound": _grid(torch.zeros(10, 10, 10)), "pred_anomaly": _grid(healthy_map), "report": report}
     state = SimpleNamespace(
@@ -148,11 +153,7 @@ def test_threshold_rules_are_measured_on_one_set_and_applied_on_another(tmp_path
 def test_reconstruction_mse_and_teeth_dice_of_healthy_subjects(tmp_path):
     image = torch.zeros(10, 10, 10)
     image[4:6, 4:6, 4:6] = 0.8  # upper teeth, 8 voxels
-    report = {
-        "case": "h",
-        "subject_score": {"two_reconstructions": 0, "original_vs_reconstruction": 0, "wound_volume_mm3": 0.0},
-        "num_regions": 0,
-    }
+    report = _report("h", two=0, original=0, wound_mm3=0.0, regions=0)
     output = {
         "image": _grid(image),
         "pred_recon1": _grid(image),  # exact
@@ -179,11 +180,7 @@ def test_restoration_of_a_removal_is_measured_against_the_intact_map(tmp_path):
     removed = torch.zeros(10, 10, 10, dtype=torch.bool)
     removed[4:6, 4:6, 4:6] = True
     image = torch.where(removed, torch.zeros(()), intact)
-    report = {
-        "case": "r",
-        "subject_score": {"two_reconstructions": 5, "original_vs_reconstruction": 5, "wound_volume_mm3": 64.0},
-        "num_regions": 1,
-    }
+    report = _report("r", two=5, original=5, wound_mm3=64.0, regions=1)
     output = {
         "image": _grid(image),
         "pred_recon1": _grid(image),
@@ -208,11 +205,7 @@ def test_restoration_of_a_removal_is_measured_against_the_intact_map(tmp_path):
 def test_figure_slices_go_through_the_lesion_for_the_first_cases_of_each_kind(tmp_path):
     truth = torch.zeros(10, 12, 14)
     truth[2:5, 6:9, 9:12] = 1  # centroid (3, 7, 10)
-    report = {
-        "case": "c",
-        "subject_score": {"two_reconstructions": 1, "original_vs_reconstruction": 1, "wound_volume_mm3": 0.0},
-        "num_regions": 0,
-    }
+    report = _report("c", two=1, original=1, wound_mm3=0.0, regions=0)
     cases = [f"c{k}" for k in range(3)]
     state = SimpleNamespace(
         batch=[{"truth": _grid(truth), "lesion": "onj"} for _ in cases],

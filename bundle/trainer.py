@@ -29,7 +29,14 @@ from bundle.gan_step import gan_training_step
 from bundle.losses import adversarial_schedule
 from bundle.weights import load_checkpoint
 
-__all__ = ["VQGANTrainer", "DistributedGenerator", "scalar_outputs", "init_stage2", "check_output_dir"]
+__all__ = [
+    "VQGANTrainer",
+    "DistributedGenerator",
+    "scalar_outputs",
+    "init_stage2",
+    "load_checkpoint_entry",
+    "check_output_dir",
+]
 
 
 class _ReconstructForward(nn.Module):
@@ -246,27 +253,40 @@ def init_stage2(
     path = Path(stage1_checkpoint)
     if output_dir is not None and Path(output_dir).resolve() == path.parent.resolve():
         raise ValueError(f"{output_dir}: stage 2 would write into the folder of its stage-1 checkpoint {path.name}")
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: stage-1 checkpoint not found (train stage 1 first; its best model.pt is written at validation, "
-            "every val_interval epochs; or set stage1_checkpoint, e.g. to checkpoint_final.pt)"
-        )
-    checkpoint = load_checkpoint(path, map_location=map_location)
-    for key, module in {"generator": generator, "discriminator": discriminator}.items():
-        if module is None:
-            continue
-        if not isinstance(checkpoint, dict) or key not in checkpoint:
-            raise ValueError(f"{path}: no '{key}' entry; expected a stage-1 training checkpoint (CheckpointSaver)")
-        try:
-            module.load_state_dict(checkpoint[key])
-        except RuntimeError as error:
-            detail = " ".join(str(error).split())[:300]
-            raise ValueError(f"{path}: '{key}' does not match the configured network: {detail}") from error
+    load_checkpoint_entry(generator, path, "generator", map_location=map_location)
+    if discriminator is not None:
+        load_checkpoint_entry(discriminator, path, "discriminator", map_location=map_location)
     frozen = [generator.quantizer, generator.decoder]
     for module in frozen:
         module.requires_grad_(False)
         module.eval()
     return frozen
+
+
+def load_checkpoint_entry(
+    module: nn.Module, checkpoint: str | os.PathLike, key: str, map_location: torch.device | str = "cpu"
+) -> nn.Module:
+    """Load the ``key`` entry (``"generator"``, ``"discriminator"``) of a stage-1 training checkpoint into ``module``.
+
+    Raises:
+        FileNotFoundError: the checkpoint does not exist.
+        ValueError: the file is not a training checkpoint with that entry, or the entry does not fit ``module``.
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: stage-1 checkpoint not found (train stage 1 first; its best model.pt is written at validation, "
+            "every val_interval epochs; or set stage1_checkpoint, e.g. to checkpoint_final.pt)"
+        )
+    state = load_checkpoint(path, map_location=map_location)
+    if not isinstance(state, dict) or key not in state:
+        raise ValueError(f"{path}: no '{key}' entry; expected a stage-1 training checkpoint (CheckpointSaver)")
+    try:
+        module.load_state_dict(state[key])
+    except RuntimeError as error:
+        detail = " ".join(str(error).split())[:300]
+        raise ValueError(f"{path}: '{key}' does not match the configured network: {detail}") from error
+    return module
 
 
 def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> Path:

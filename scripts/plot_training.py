@@ -6,7 +6,9 @@ logs (``<run>/tensorboard``, written by the training configs' ``TensorBoardStats
 The x axis is the epoch (a resumed run continues its parent's epochs). Training loss is averaged per epoch.
 ``--table docs/x.md`` also writes, per run, the adversarial schedule as logged (``adv_weight``, ``adv_scale``) and the
 validation MSE before and during the adversarial phase: the best MSE before the term came in, the final MSE and their
-ratio.
+ratio, and the discriminator's loss over the last third of the iterations with the term at full weight: its median and the
+share of iterations under 0.01. A discriminator whose loss stays near 0 tells every reconstruction from every real map,
+so the adversarial gradient the generator gets carries no information about what looks real.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ VALIDATION_TAG = "val_mse"
 TRAINING_TAG = "loss_recon"
 SCHEDULE_TAG = "adv_scale"
 WEIGHT_TAG = "adv_weight"
+DISCRIMINATOR_TAG = "loss_d"
+# a discriminator loss under this is a saturated discriminator (binary cross-entropy of about 0.005 per logit)
+SATURATED_LOSS = 0.01
 
 
 def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -60,6 +65,9 @@ def adversarial_summary(scalars: dict, iterations_per_epoch: int) -> dict:
     validation = sorted(scalars[VALIDATION_TAG])
     first_on = (on[0] - 1) // iterations_per_epoch + 1 if on else None
     before = [value for epoch, value in validation if first_on is None or epoch < first_on]
+    full_steps = full[-len(full) // 3 :] if full else []
+    discriminator = dict(scalars.get(DISCRIMINATOR_TAG, []))
+    last_third = sorted(discriminator[step] for step in full_steps if step in discriminator)
     return {
         "validations": len(validation),
         "last_epoch": validation[-1][0],
@@ -68,6 +76,10 @@ def adversarial_summary(scalars: dict, iterations_per_epoch: int) -> dict:
         "best_before": min(before) if before else None,
         "best": min(value for _, value in validation),
         "final": validation[-1][1],
+        "discriminator_loss_median": last_third[len(last_third) // 2] if last_third else None,
+        "discriminator_saturated_share": (
+            sum(value < SATURATED_LOSS for value in last_third) / len(last_third) if last_third else None
+        ),
     }
 
 
@@ -75,8 +87,9 @@ def summary_table(rows: dict[str, dict]) -> str:
     """Markdown table of :func:`adversarial_summary` per run."""
     lines = [
         "| run | last epoch | adversarial term from epoch (full weight from) | best val MSE before it | "
-        "best val MSE | final val MSE | final / best before |",
-        "|---|---|---|---|---|---|---|",
+        "best val MSE | final val MSE | final / best before | discriminator loss, last third at full weight: median "
+        f"(iterations under {SATURATED_LOSS}) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for run, row in rows.items():
         start = (
@@ -90,9 +103,14 @@ def summary_table(rows: dict[str, dict]) -> str:
             if not row["best_before"] or row["adversarial_from_epoch"] is None
             else (f"{row['final'] / row['best_before']:.2f}")
         )
+        discriminator = (
+            "-"
+            if row["discriminator_loss_median"] is None
+            else f"{row['discriminator_loss_median']:.3g} ({row['discriminator_saturated_share']:.0%})"
+        )
         lines.append(
             f"| {run} | {row['last_epoch']} | {start} | {before} | {row['best']:.5f} | {row['final']:.5f} | "
-            f"{ratio} |"
+            f"{ratio} | {discriminator} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -45,11 +45,16 @@ def test_adversarial_summary_splits_validation_at_the_first_adversarial_epoch():
     schedule = [(step, min(1.0, max(0.0, (step - 40) / 20))) for step in range(1, 101)]
     validation = [(2, 0.05), (4, 0.02), (6, 0.03), (8, 0.025), (10, 0.022)]
     weight = [(step, 1e-3 * value) for step, value in schedule]
-    row = plot_training.adversarial_summary({"adv_scale": schedule, "adv_weight": weight, "val_mse": validation}, 10)
+    # full weight over iterations 60-100; the discriminator saturates from iteration 90 on
+    discriminator = [(step, 0.6 if step < 90 else 1e-6) for step in range(1, 101)]
+    scalars = {"adv_scale": schedule, "adv_weight": weight, "val_mse": validation, "loss_d": discriminator}
+    row = plot_training.adversarial_summary(scalars, 10)
     assert (row["adversarial_from_epoch"], row["full_weight_from_epoch"]) == (5, 6)
     assert (row["best_before"], row["best"], row["final"], row["last_epoch"]) == (0.02, 0.02, 0.022, 10)
+    # the last third of the 41 full-weight iterations is 87-100: 3 at 0.6, 11 saturated
+    assert row["discriminator_loss_median"] == 1e-6 and row["discriminator_saturated_share"] == 11 / 14
     table = plot_training.summary_table({"s1": row})
-    assert "| s1 | 10 | 5 (6) | 0.02000 | 0.02000 | 0.02200 | 1.10 |" in table
+    assert "| s1 | 10 | 5 (6) | 0.02000 | 0.02000 | 0.02200 | 1.10 | 1e-06 (79%) |" in table
     # a VQ-VAE logs the schedule but applies no adversarial weight
     vqvae = {"adv_scale": schedule, "adv_weight": [(step, 0.0) for step, _ in schedule], "val_mse": validation}
     never = plot_training.adversarial_summary(vqvae, 10)

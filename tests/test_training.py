@@ -18,10 +18,12 @@ import pytest
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.engines.utils import default_prepare_batch
 from monai.networks.nets import PatchDiscriminator
 from monai.transforms import CenterSpatialCrop
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from bundle.stage2_target import Stage1ReconstructionTarget, stage2_prepare_batch
 from bundle.trainer import VQGANTrainer, check_output_dir, init_stage2
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,10 +200,11 @@ def _fixed_phantom(workflow: ConfigWorkflow) -> torch.Tensor:
     return data["image"].as_tensor()
 
 
-def test_stage2_cli_trains_only_the_new_encoder(stage1, tmp_path, tiny_training_overlay):
+@pytest.mark.parametrize("stage2_target", ["input", "stage1_reconstruction"])
+def test_stage2_cli_trains_only_the_new_encoder(stage1, tmp_path, tiny_training_overlay, stage2_target):
     stage1_files = digest(stage1)
     overlay = tiny_training_overlay(tmp_path, stage1_checkpoint=str(stage1 / "model.pt"))
-    run_training([TRAIN, STAGE2, overlay])
+    run_training([TRAIN, STAGE2, overlay], "--stage2_target", stage2_target)
     first, second = load(stage1 / "model.pt"), load(tmp_path / "runs" / "stage2" / "checkpoint_final.pt")
     g1, g2 = first["generator"], second["generator"]
     # codebook, decoder weights and decoder batch-norm running statistics bit-identical to stage 1
@@ -319,6 +322,30 @@ def test_init_stage2_errors_name_the_file(tmp_path, stage1, tiny_generator_def):
     assert frozen == [generator.quantizer, generator.decoder]
     assert not any(p.requires_grad for module in frozen for p in module.parameters())
     assert all(p.requires_grad for p in generator.encoder.parameters())
+
+
+def test_stage1_reconstruction_target_is_the_frozen_stage1_output(tmp_path, stage1, tiny_generator_def):
+    def generator():
+        return ConfigParser({"generator": tiny_generator_def}).get_parsed_content("generator")
+
+    prepare = Stage1ReconstructionTarget(generator(), stage1 / "model.pt")
+    reference = generator()
+    reference.load_state_dict(load(stage1 / "model.pt")["generator"])
+    unmasked = torch.rand(2, 1, 16, 16, 16)
+    masked = unmasked.clone()
+    masked[:, :, 4:10, 4:10, 4:10] = 0
+    inputs, target = prepare({"image": masked, "label": unmasked})
+    assert torch.equal(inputs, masked)
+    assert torch.equal(target, reference.eval()(unmasked).detach())
+    assert not target.requires_grad and not any(p.requires_grad for p in prepare.generator.parameters())
+    with pytest.raises(ValueError, match="no 'label'"):
+        prepare({"image": masked})
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        Stage1ReconstructionTarget(generator(), tmp_path / "missing.pt")
+    assert stage2_prepare_batch("input", None) is default_prepare_batch
+    assert stage2_prepare_batch("stage1_reconstruction", prepare) is prepare
+    with pytest.raises(ValueError, match="stage2_target must be one of"):
+        stage2_prepare_batch("stage1", prepare)
 
 
 def test_trainer_needs_a_discriminator_optimizer():

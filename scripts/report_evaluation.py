@@ -421,7 +421,7 @@ def render_results(runs: dict[str, dict], command: str, timing: dict | None) -> 
         "### Subject level",
         "",
         f"The paper's score counts the voxels of a map above {score.get('threshold', '?')} after "
-        f"{score.get('erosion_iterations', '?')} erosions; the wound volume is the total volume of the final wound "
+        f"{score.get('erosion_iterations', '?')} erosion(s); the wound volume is the total volume of the final wound "
         "regions (`wound_volume_mm3` of each report). AP: average precision of the subject scores, lesion subjects "
         "positive.",
         "",

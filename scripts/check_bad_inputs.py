@@ -183,10 +183,10 @@ CASES = (
         output=_output_under_a_file,
     ),
     Case(
-        "disk full while writing (simulated: 8 kB file size limit)",
+        "disk full while writing (simulated: 1 kB file size limit)",
         lambda d: _nifti(d, "jaw.nii.gz", _jaw()),
         "jaw",
-        file_size_limit=8192,
+        file_size_limit=1024,
     ),
     Case("volume smaller than one window (valid)", lambda d: _nifti(d, "small.nii.gz", _jaw((30, 30, 20))), ""),
     Case(

@@ -6,9 +6,9 @@ logs (``<run>/tensorboard``, written by the training configs' ``TensorBoardStats
 The x axis is the epoch (a resumed run continues its parent's epochs). Training loss is averaged per epoch.
 ``--table docs/x.md`` also writes, per run, the adversarial schedule as logged (``adv_weight``, ``adv_scale``) and the
 validation MSE before and during the adversarial phase: the best MSE before the term came in, the final MSE and their
-ratio, and the discriminator's loss over the last third of the iterations with the term at full weight: its median and the
-share of iterations under 0.01. A discriminator whose loss stays near 0 tells every reconstruction from every real map,
-so the adversarial gradient the generator gets carries no information about what looks real.
+ratio, and the discriminator's loss over the last third of the iterations with the term at full weight: its median
+and the share of iterations under 0.01. A discriminator whose loss stays near 0 tells every reconstruction from
+every real map, so the adversarial gradient the generator gets carries no information about what looks real.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ __all__ = [
     "scalar_outputs",
     "init_stage2",
     "load_checkpoint_entry",
+    "check_resume_checkpoint",
     "check_output_dir",
 ]
 
@@ -287,6 +288,26 @@ def load_checkpoint_entry(
         detail = " ".join(str(error).split())[:300]
         raise ValueError(f"{path}: '{key}' does not match the configured network: {detail}") from error
     return module
+
+
+def check_resume_checkpoint(checkpoint: str | os.PathLike, entries: Iterable[str]) -> dict:
+    """Load a checkpoint to resume from and check that it holds every entry the run restores.
+
+    Ignite's ``CheckpointLoader`` reports a missing entry as "Key 'x' from ... is not found", which does not say
+    that the file cannot resume this run; this names the file and the missing entries before anything is written.
+
+    Raises:
+        ValueError: the file is not a readable weights-only checkpoint, or lacks some of ``entries``.
+    """
+    state = load_checkpoint(checkpoint)
+    missing = [entry for entry in entries if not isinstance(state, dict) or entry not in state]
+    if missing:
+        raise ValueError(
+            f"{checkpoint}: cannot resume this run from it: no {', '.join(repr(m) for m in missing)} "
+            "entry (a resume checkpoint is one this configuration's CheckpointSaver wrote, e.g. checkpoint_epoch=N.pt; "
+            "to start stage 2 from a stage-1 checkpoint use --stage1_checkpoint instead)"
+        )
+    return state
 
 
 def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> Path:

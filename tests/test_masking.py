@@ -39,6 +39,16 @@ def test_rough_surface_differs_from_the_ellipsoid_and_draws_repeat_with_the_seed
     assert not torch.equal(first.mask(jaw.shape[1:]), smooth.mask(jaw.shape[1:]))
 
 
+def test_centres_lie_only_above_min_centre_value(jaw):
+    dropper = RandTissueBlobDropout(max_blobs=2, min_centre_value=0.65)
+    for seed in range(20):
+        dropper.set_random_state(seed)
+        dropper(jaw)
+        for centre, _, _ in dropper._blobs:
+            assert jaw[(0, *centre.astype(int))] > 0.65  # mandible, teeth or canal, never the upper skull
+    assert torch.equal(RandTissueBlobDropout(min_centre_value=1.0)(jaw), jaw)  # no voxel above 1: no blob
+
+
 def test_no_tissue_or_prob_zero_leaves_the_image_as_it_is(jaw):
     empty = torch.zeros(1, 20, 20, 20)
     assert torch.equal(RandTissueBlobDropout()(empty), empty)
@@ -50,7 +60,10 @@ def test_dictionary_form_removes_the_same_blobs_from_every_key(jaw):
     assert torch.equal(out["image"], out["copy"]) and not torch.equal(out["image"], jaw)
 
 
-@pytest.mark.parametrize("kwargs", [{"max_blobs": 0}, {"min_radius": 5.0, "max_radius": 2.0}, {"roughness": -1.0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"max_blobs": 0}, {"min_radius": 5.0, "max_radius": 2.0}, {"roughness": -1.0}, {"min_centre_value": -0.1}],
+)
 def test_bad_parameters_are_refused(kwargs):
     with pytest.raises(ValueError):
         RandTissueBlobDropout(**kwargs)

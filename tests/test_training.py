@@ -10,6 +10,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -251,6 +252,23 @@ def test_resume_continues_at_saved_iteration_with_saved_optimizer(
         for index in expected:
             assert int(restored[index]["step"]) == ITERATIONS_PER_EPOCH
             assert_same(restored[index], expected[index])
+
+
+def test_resume_from_a_checkpoint_without_random_states_names_the_file_before_writing(
+    stage1, tmp_path, tiny_training_overlay
+):
+    old_style = {k: v for k, v in load(stage1 / "checkpoint_epoch=1.pt").items() if k != "random_states"}
+    path = tmp_path / "old_style.pt"
+    torch.save(old_style, path)
+    workflow = ConfigWorkflow(
+        config_file=[TRAIN, str(tiny_training_overlay(tmp_path / "resumed"))],
+        workflow_type="train",
+        resume_checkpoint=str(path),
+    )
+    with pytest.raises(RuntimeError) as failure:  # ConfigParser wraps the component's error
+        workflow.initialize()
+    assert re.search(r"old_style\.pt: cannot resume .*'random_states'", str(failure.value.__cause__))
+    assert not (tmp_path / "resumed" / "runs").exists()
 
 
 def test_vqvae_overlay_trains_without_discriminator(tmp_path, tiny_training_overlay):

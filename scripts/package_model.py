@@ -6,6 +6,12 @@ codebook and decoder) built from ``configs/inference.json#generator_def``, with 
 model zoo uses to fetch the weights). Checks that the two checkpoints share the frozen codebook and decoder bit for bit.
 
     python scripts/package_model.py --stage1 runs/stage1/model.pt --stage2 runs/stage2/model.pt --output models/model.pt
+
+Several ``--stage2`` checkpoints (of one stage-2 trajectory, e.g. its last interval checkpoints) give their
+averaged encoder weights, batch-norm running statistics included, as the stage-2 encoder: stochastic weight
+averaging (Izmailov et al., UAI 2018) applied after training. PyTorch's ``torch.optim.swa_utils.AveragedModel``
+averages during a run; this averages checkpoints already written. The running statistics are averaged rather
+than recomputed over the training data (``swa_utils.update_bn``), an approximation for checkpoints of one run.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import argparse
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -38,20 +45,41 @@ def load_generator_state(path: Path, key: str) -> dict:
     return state
 
 
-def package(stage1: Path, stage2: Path, output: Path, key: str, overwrite: bool, config_file: Path) -> str:
+def average_encoder_states(states: Sequence[dict]) -> dict:
+    """The last of ``states`` (generator state dicts) with every floating ``encoder.*`` tensor replaced by the mean
+    over all of them; integer entries (batch-norm step counts) and the frozen parts are the last one's."""
+    averaged = dict(states[-1])
+    for name, tensor in states[-1].items():
+        if name.startswith("encoder.") and tensor.is_floating_point():
+            averaged[name] = torch.stack([state[name] for state in states]).mean(dim=0)
+    return averaged
+
+
+def package(
+    stage1: Path, stage2: Path | Sequence[Path], output: Path, key: str, overwrite: bool, config_file: Path
+) -> str:
     if output.exists() and not overwrite:
         raise ValueError(f"{output}: exists; pass --overwrite to replace it")
+    stage2_paths = [stage2] if isinstance(stage2, Path) else list(stage2)
+    if not stage2_paths:
+        raise ValueError("no stage-2 checkpoint given")
     parser = ConfigParser()
     parser.read_config(str(config_file))
     # lazy=False: a fresh instance each time (the parser caches instantiated content otherwise)
     generator_1 = parser.get_parsed_content("generator_def", lazy=False)
     generator_2 = parser.get_parsed_content("generator_def", lazy=False)
     generator_1.load_state_dict(load_generator_state(stage1, key))
-    generator_2.load_state_dict(load_generator_state(stage2, key))
-    for name, tensor in {**generator_1.quantizer.state_dict(), **generator_1.decoder.state_dict()}.items():
-        other = {**generator_2.quantizer.state_dict(), **generator_2.decoder.state_dict()}[name]
-        if not torch.equal(tensor, other):
-            raise ValueError(f"{stage2}: '{name}' differs from stage 1: stage 2 must keep codebook and decoder frozen")
+    frozen = {**generator_1.quantizer.state_dict(), **generator_1.decoder.state_dict()}
+    stage2_states = []
+    for path in stage2_paths:
+        generator_2.load_state_dict(load_generator_state(path, key))
+        for name, other in {**generator_2.quantizer.state_dict(), **generator_2.decoder.state_dict()}.items():
+            if not torch.equal(frozen[name], other):
+                raise ValueError(
+                    f"{path}: '{name}' differs from stage 1: stage 2 must keep codebook and decoder frozen"
+                )
+        stage2_states.append({name: tensor.clone() for name, tensor in generator_2.state_dict().items()})
+    generator_2.load_state_dict(average_encoder_states(stage2_states))
     detector = AnomalyDetector.from_generators(generator_1, generator_2)
     output.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
@@ -85,7 +113,13 @@ def record_in_large_files(output: Path, digest: str, large_files: Path = ROOT / 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage1", type=Path, required=True, help="stage-1 checkpoint (CheckpointSaver file)")
-    parser.add_argument("--stage2", type=Path, required=True, help="stage-2 checkpoint (CheckpointSaver file)")
+    parser.add_argument(
+        "--stage2",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="stage-2 checkpoint (CheckpointSaver file); several: their encoder weights averaged",
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "models" / "model.pt")
     parser.add_argument("--key", default="generator", help="generator entry in the checkpoints (default: generator)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")

@@ -67,3 +67,30 @@ def test_package_refuses_a_stage2_with_another_decoder_and_an_existing_output(tm
     result = _package(tmp_path, stage1.state_dict(), stage1.state_dict())
     assert result.returncode == 2 and "exists" in result.stderr
     assert (tmp_path / "model.pt").read_bytes() == b"the user's file"
+
+
+def test_several_stage2_checkpoints_give_their_averaged_encoder(tmp_path):
+    stage1, stage2 = _stages()
+    later = VQGANGenerator(**TINY)
+    later.load_state_dict(stage2.state_dict())
+    with torch.no_grad():
+        for parameter in later.encoder.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    torch.save({"generator": later.state_dict()}, tmp_path / "later.pt")
+    result = _package(tmp_path, stage1.state_dict(), stage2.state_dict())
+    assert result.returncode == 0, result.stderr
+    command = [sys.executable, "scripts/package_model.py", "--stage1", str(tmp_path / "stage1.pt"), "--stage2"]
+    command += [str(tmp_path / "stage2.pt"), str(tmp_path / "later.pt"), "--output", str(tmp_path / "averaged.pt")]
+    command += ["--config_file", str(tmp_path / "generator.json")]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    detector = AnomalyDetector(VQGANGenerator(**TINY))
+    detector.load_state_dict(torch.load(tmp_path / "averaged.pt", weights_only=True))
+    for name, tensor in detector.encoder2.state_dict().items():
+        first, second = stage2.encoder.state_dict()[name], later.encoder.state_dict()[name]
+        expected = (first + second) / 2 if tensor.is_floating_point() else second
+        torch.testing.assert_close(tensor, expected, msg=name)
+    for name, tensor in detector.encoder1.state_dict().items():
+        assert torch.equal(tensor, stage1.encoder.state_dict()[name]), name
+    for name, tensor in detector.decoder.state_dict().items():
+        assert torch.equal(tensor, stage1.decoder.state_dict()[name]), name

@@ -55,14 +55,9 @@ def average_encoder_states(states: Sequence[dict]) -> dict:
     return averaged
 
 
-def package(
-    stage1: Path, stage2: Path | Sequence[Path], output: Path, key: str, overwrite: bool, config_file: Path
-) -> str:
+def package(stage1: Path, stage2: Sequence[Path], output: Path, key: str, overwrite: bool, config_file: Path) -> str:
     if output.exists() and not overwrite:
         raise ValueError(f"{output}: exists; pass --overwrite to replace it")
-    stage2_paths = [stage2] if isinstance(stage2, Path) else list(stage2)
-    if not stage2_paths:
-        raise ValueError("no stage-2 checkpoint given")
     parser = ConfigParser()
     parser.read_config(str(config_file))
     # lazy=False: a fresh instance each time (the parser caches instantiated content otherwise)
@@ -71,7 +66,7 @@ def package(
     generator_1.load_state_dict(load_generator_state(stage1, key))
     frozen = {**generator_1.quantizer.state_dict(), **generator_1.decoder.state_dict()}
     stage2_states = []
-    for path in stage2_paths:
+    for path in stage2:
         generator_2.load_state_dict(load_generator_state(path, key))
         for name, other in {**generator_2.quantizer.state_dict(), **generator_2.decoder.state_dict()}.items():
             if not torch.equal(frozen[name], other):

@@ -254,6 +254,40 @@ def test_resume_continues_at_saved_iteration_with_saved_optimizer(
             assert_same(restored[index], expected[index])
 
 
+def test_lr_decay_resumes_from_a_checkpoint_without_schedule_state_onto_the_same_curve(
+    stage1, tmp_path, tiny_training_overlay, single_thread
+):
+    """Resumed after epoch 1 of 2 with the decay over the last half: iterations 3 and 4 run at the decayed rates, the
+    discriminator keeps its rate, and only the last 1 interval checkpoint is kept (``checkpoints_kept``)."""
+    workflow = ConfigWorkflow(
+        config_file=[TRAIN, str(tiny_training_overlay(tmp_path))],
+        workflow_type="train",
+        resume_checkpoint=str(stage1 / "checkpoint_epoch=1.pt"),
+        lr_decay_fraction=0.5,
+        lr_final_factor=0.1,
+        checkpoints_kept=1,
+    )
+    workflow.initialize()
+    base_lr = workflow.parser["learning_rate"]
+    rates = []
+    workflow.trainer.add_event_handler(
+        Events.ITERATION_COMPLETED,
+        lambda engine: rates.append(
+            (engine.generator_optimizer.param_groups[0]["lr"], engine.discriminator_optimizer.param_groups[0]["lr"])
+        ),
+    )
+    workflow.run()
+    assert rates == [
+        (pytest.approx(base_lr * (0.1 + 0.9 * 0.5)), base_lr),
+        (pytest.approx(base_lr * 0.1), base_lr),
+    ]
+    output = Path(workflow.parser.get_parsed_content("output_dir"))
+    assert load(output / "checkpoint_final.pt")["generator_optimizer"]["param_groups"][0]["lr"] == pytest.approx(
+        base_lr * 0.1
+    )
+    assert sorted(p.name for p in output.glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=2.pt"]
+
+
 def test_resume_from_a_checkpoint_without_random_states_names_the_file_before_writing(
     stage1, tmp_path, tiny_training_overlay
 ):

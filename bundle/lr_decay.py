@@ -2,8 +2,8 @@
 
 Gap it fills: torch's schedulers (and MONAI's ``LrScheduleHandler`` that steps them, or ``WarmupCosineSchedule``)
 count their own steps, so their state must be checkpointed beside the optimizer. A run resumed from a checkpoint
-written without a scheduler (every checkpoint of this bundle before version 0.10.0) could not load it, and a run
-extended on resume (a larger ``max_epochs``) would keep the old horizon. This handler keeps no state: the rate is a
+written without a scheduler (any checkpoint of a constant-rate run) could not load it, and a run extended on resume
+(a larger ``max_epochs``) would keep the old horizon. This handler keeps no state: the rate is a
 function of the trainer's iteration and of the run's total, the clock the adversarial schedule already uses
 (``bundle.losses.adversarial_schedule``), so any checkpoint resumes onto the same curve.
 

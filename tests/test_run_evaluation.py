@@ -5,7 +5,17 @@ from __future__ import annotations
 
 import json
 
-from scripts.run_evaluation import RUNS, VALIDATION, PhantomSet, bundle_command, vqvae_run
+from jaw_phantoms.writing import plan_cases
+from scripts.run_evaluation import (
+    EVALUATION_SET,
+    PARAMETRIC_SET,
+    RUNS,
+    TUNING_SET,
+    VALIDATION,
+    PhantomSet,
+    bundle_command,
+    vqvae_run,
+)
 
 
 def test_run_commands_are_the_documented_overlay_with_thresholds_from_the_validation_run(tmp_path):
@@ -40,3 +50,15 @@ def test_a_phantom_set_is_current_only_with_its_subjects_kinds_and_intact_maps(t
         entry.pop("intact", None)  # a set written before the generator kept intact maps
     datalist.write_text(json.dumps(entries))
     assert not tiny.is_current(tmp_path)
+
+
+def test_the_tuning_set_shares_no_subject_with_the_held_out_sets():
+    """Subjects are drawn per set from its seed, so two sets can share a subject seed (a subject's anatomy) even with
+    different seeds: a second tuning set made with the evaluation set's seed shared 2 of its 40 subjects with it."""
+    subject_seeds = {
+        phantom_set.folder: {plan.seed for plan in plan_cases(**phantom_set.plan())}
+        for phantom_set in (EVALUATION_SET, PARAMETRIC_SET, TUNING_SET)
+    }
+    assert [len(seeds) for seeds in subject_seeds.values()] == [44, 44, 40]
+    tuning = subject_seeds.pop(TUNING_SET.folder)
+    assert all(not tuning & held_out for held_out in subject_seeds.values())

@@ -94,6 +94,13 @@ PARAMETRIC_SET = PhantomSet("data/phantoms_eval_parametric", 44, 778, "parametri
 TUNING_SET = PhantomSet("data/phantoms_tune40", 40, 555)
 
 
+def held_out_subject_seeds() -> set[int]:
+    """The subject seeds of the held-out sets. A subject's anatomy is drawn from its seed, and the subject seeds from
+    the set's seed: a set made with a held-out set's seed shares subjects with it even when its size and lesion
+    kinds differ. ``scripts/tune_postprocessing.py`` refuses a tuning set that holds any of them."""
+    return {plan.seed for phantom_set in (EVALUATION_SET, PARAMETRIC_SET) for plan in plan_cases(**phantom_set.plan())}
+
+
 @dataclass(frozen=True)
 class Run:
     """One evaluation run: its name (folder and key in docs/evaluation.json), title, data and config overrides."""

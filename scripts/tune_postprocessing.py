@@ -2,9 +2,11 @@
 
 The tuning set must be labelled phantoms (or real cases with truth masks) that are *not* the held-out evaluation set,
 e.g. ``python scripts/make_phantoms.py data/phantoms_tune --train_subjects 0 --val_subjects 0 --test_subjects 20
---lesion_fraction 0.5 --seed 555``. Everything runs through the bundle's own configs: ``configs/inference.json``
-with the ``configs/evaluate.json`` overlay gives the preprocessing (truth included), the network, the inferer and the
-2 mm post-processing (``segmentation_steps``), so what is tuned is exactly what ``monai.bundle run`` executes.
+--lesion_fraction 0.5 --seed 555``. A datalist holding any subject of the held-out sets of
+``scripts/run_evaluation.py`` (the same subject seed) is refused. Everything runs through the bundle's own configs:
+``configs/inference.json`` with the ``configs/evaluate.json`` overlay gives the preprocessing (truth included), the
+network, the inferer and the 2 mm post-processing (``segmentation_steps``), so what is tuned is exactly what
+``monai.bundle run`` executes.
 
 1. Inferer: for each overlap x blend mode, both reconstructions of every case, timed; reported with the map's mean
    voxel average precision and the Dice of the current default segmentation.
@@ -44,6 +46,7 @@ from bundle.atomic_files import write_json_atomically  # noqa: E402
 from bundle.metrics import average_precision, dice_at_threshold  # noqa: E402
 from bundle.scoring import subject_score  # noqa: E402
 from bundle.weights import load_verified_weights  # noqa: E402
+from scripts.run_evaluation import held_out_subject_seeds  # noqa: E402
 
 DEFAULT_GRID = {
     "search_region_mm": [None, 10, 15, 20],
@@ -211,6 +214,20 @@ def main(argv: list[str] | None = None) -> int:
     opts = args.parse_args(argv)
     if not Path(opts.datalist).is_file():
         print(f"error: datalist {opts.datalist}: no such file", file=sys.stderr)
+        return 2
+    try:
+        entries = json.loads(Path(opts.datalist).read_text())[opts.datalist_key]
+    except (ValueError, KeyError, TypeError) as error:
+        print(f"error: datalist {opts.datalist}: no '{opts.datalist_key}' list ({error!r})", file=sys.stderr)
+        return 2
+    held_out = held_out_subject_seeds()
+    shared = [entry["image"] for entry in entries if isinstance(entry, dict) and entry.get("seed") in held_out]
+    if shared:
+        print(
+            f"error: datalist {opts.datalist}: {len(shared)} subject(s) are subjects of the held-out evaluation sets "
+            f"(the same subject seed), e.g. {shared[0]}; tune on a set made with another --seed",
+            file=sys.stderr,
+        )
         return 2
     if opts.json is not None and opts.json.exists() and not opts.overwrite:
         print(f"error: {opts.json} exists; pass --overwrite to replace it", file=sys.stderr)

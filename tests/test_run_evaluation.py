@@ -14,6 +14,7 @@ from scripts.run_evaluation import (
     VALIDATION,
     PhantomSet,
     bundle_command,
+    held_out_subject_seeds,
     vqvae_run,
 )
 
@@ -53,12 +54,10 @@ def test_a_phantom_set_is_current_only_with_its_subjects_kinds_and_intact_maps(t
 
 
 def test_the_tuning_set_shares_no_subject_with_the_held_out_sets():
-    """Subjects are drawn per set from its seed, so two sets can share a subject seed (a subject's anatomy) even with
-    different seeds: a second tuning set made with the evaluation set's seed shared 2 of its 40 subjects with it."""
-    subject_seeds = {
-        phantom_set.folder: {plan.seed for plan in plan_cases(**phantom_set.plan())}
-        for phantom_set in (EVALUATION_SET, PARAMETRIC_SET, TUNING_SET)
-    }
-    assert [len(seeds) for seeds in subject_seeds.values()] == [44, 44, 40]
-    tuning = subject_seeds.pop(TUNING_SET.folder)
-    assert all(not tuning & held_out for held_out in subject_seeds.values())
+    """Subject seeds are drawn from the set's seed: a second tuning set made with the evaluation set's seed (and
+    another size and lesion order) shared 2 of its 40 subjects with it."""
+    held_out = held_out_subject_seeds()
+    assert len(held_out) == EVALUATION_SET.subjects + PARAMETRIC_SET.subjects
+    assert not {plan.seed for plan in plan_cases(**TUNING_SET.plan())} & held_out
+    shares_the_seed = PhantomSet("tune_b", 40, EVALUATION_SET.seed, lesion_kinds=("onj", "onj_ramus"))
+    assert len({plan.seed for plan in plan_cases(**shares_the_seed.plan())} & held_out) == 2

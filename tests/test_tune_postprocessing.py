@@ -14,6 +14,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import tune_postprocessing  # noqa: E402
 
+from scripts.run_evaluation import held_out_subject_seeds  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def tuning_set(tmp_path_factory) -> Path:
@@ -107,3 +109,14 @@ def test_refuses_to_overwrite_results_and_unknown_parameters(tuning_set, tiny_we
     assert tune_postprocessing.main(argv) == 2
     assert "no_such_parameter" in capsys.readouterr().err
     assert tune_postprocessing.main([str(tmp_path / "missing.json")]) == 2
+
+
+def test_refuses_a_tuning_set_that_shares_subjects_with_the_held_out_sets(tuning_set, tmp_path, capsys):
+    entries = json.loads(tuning_set.read_text())
+    entries["test"][1]["seed"] = sorted(held_out_subject_seeds())[0]
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps(entries))
+    assert tune_postprocessing.main([str(datalist), "--json", str(tmp_path / "tuning.json")]) == 2
+    error = capsys.readouterr().err
+    assert f"{datalist}: 1 subject(s) are subjects of the held-out evaluation sets" in error
+    assert entries["test"][1]["image"] in error and not (tmp_path / "tuning.json").exists()

@@ -36,7 +36,15 @@ from bundle.atomic_files import write_json_atomically, write_text_atomically
 
 MEAN_DICE_TARGET = 0.75
 HEALTHY_WITH_REGION_SHARE = 0.1
-RUN_NAMES = ("default", "search_region_off", "parametric", "parametric_search_region_off", "vqvae")
+RUN_NAMES = (
+    "default",
+    "search_region_off",
+    "parametric",
+    "parametric_search_region_off",
+    "mirror",
+    "parametric_mirror",
+    "vqvae",
+)
 # paper section 5.1 (cited): reconstruction MSE of the VQ-GAN and the VQ-VAE, stage 1 on healthy test subjects and
 # stage 2 on the teeth-and-jaw-removed simulation against the intact original
 PAPER_MSE = {"stage 1": (0.009196, 0.009174), "stage 2": (0.012047, 0.009850)}
@@ -457,7 +465,7 @@ def render_results(runs: dict[str, dict], command: str, timing: dict | None) -> 
         ]
     lines += [f"![anomaly maps]({figure}{FIGURES['maps']})", "", "### By lesion size and site", ""]
     lines += _breakdown(default)
-    lines += ["### Anatomical search region, the 0.2 phantoms and the VQ-VAE baseline", ""]
+    lines += ["### Anatomical search region, the 0.2 phantoms, mirror averaging and the VQ-VAE baseline", ""]
     if "vqvae" in runs:
         lines += [
             "The VQ-VAE run uses the post-processing defaults tuned for the shipped VQ-GAN (demo_weights.md).",
@@ -472,7 +480,7 @@ def render_results(runs: dict[str, dict], command: str, timing: dict | None) -> 
         "## Regenerate",
         "",
         "```bash",
-        "python -m scripts.run_evaluation   # phantom sets when missing, six runs, this page, figures, metadata",
+        "python -m scripts.run_evaluation   # phantom sets when missing, eight runs, this page, figures, metadata",
         "```",
         "",
     ]

@@ -12,7 +12,8 @@ Every run is ``python -m monai.bundle run`` of the evaluation overlay (``configs
 2. ``validation``: the tuning set (never the evaluation set), whose ``metrics.json`` fixes both threshold rules of
    every map (``bundle.evaluation.read_fixed_thresholds``);
 3. the held-out runs with those thresholds (``RUNS``): the default configuration, the anatomical search region off,
-   and both again on the parametric phantoms;
+   and both again on the parametric phantoms; then left-right mirror averaging (``mirror_axes``, off by default) on
+   both sets;
 4. ``vqvae``: the VQ-VAE baseline trained on the same data (paper section 5.1), when its packaged weights exist
    (``--vqvae_checkpoint``; docs/demo_weights.md says how they are made). Its thresholds would need its own
    validation run, so none are applied;
@@ -21,7 +22,7 @@ Every run is ``python -m monai.bundle run`` of the evaluation overlay (``configs
    ``configs/metadata.json#eval_metrics`` and the model card's performance block.
 
 Run folders go to ``runs/evaluation/<run>/`` and are replaced (``--reuse_runs`` keeps those that finished, to resume
-an interrupted evaluation). About 10 minutes on 2 CPU cores for the six runs of 40-44 subjects.
+an interrupted evaluation). About 16 minutes on 2 CPU cores for the eight runs of 40-44 subjects.
 """
 
 from __future__ import annotations
@@ -122,6 +123,13 @@ RUNS = (
         "parametric (0.2) phantoms, search region off",
         PARAMETRIC_SET,
         {"use_search_region": "false"},
+    ),
+    Run("mirror", "held-out shapes, left-right mirror averaging", EVALUATION_SET, {"mirror_axes": "[0]"}),
+    Run(
+        "parametric_mirror",
+        "parametric (0.2) phantoms, left-right mirror averaging",
+        PARAMETRIC_SET,
+        {"mirror_axes": "[0]"},
     ),
 )
 

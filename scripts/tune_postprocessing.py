@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             "checkpoint": opts.checkpoint,
         }
     )
-    for name, value in parse_overrides(opts.override).items():
+    overrides = parse_overrides(opts.override)
+    for name, value in overrides.items():
         parser[name] = value
     unknown = sorted(set(grid) - set(parser.get()))
     if unknown:
@@ -259,7 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     cases = load_cases(parser)
     print(f"{len(cases)} cases, {sum(map(has_lesion, cases))} with a lesion")
 
-    results: dict = {"datalist": opts.datalist, "checkpoint": opts.checkpoint, "inferer": [], "postprocessing": []}
+    results: dict = {
+        "datalist": opts.datalist,
+        "checkpoint": opts.checkpoint,
+        "overrides": overrides,
+        "inferer": [],
+        "postprocessing": [],
+    }
     defaults = {name: parser[name] for name in grid}
     for overlap, mode in itertools.product(opts.overlaps, opts.blend_modes):
         inferer.overlap, inferer.mode = overlap, mode

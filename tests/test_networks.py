@@ -218,11 +218,33 @@ def test_from_generators_refuses_different_decoders():
         AnomalyDetector(stage1, output="maps")
 
 
-@pytest.mark.parametrize("output,latent", [("anomaly", False), ("all", False), ("all", True)])
-def test_anomaly_detector_torchscript_matches_eager(tmp_path, output, latent):
+def test_mirror_averaging_is_the_mean_of_both_orientations():
+    stage1 = _generator(seed=0)
+    _settle_batch_norm(stage1, (16, 8, 12))
+    stage2 = copy.deepcopy(stage1)
+    with torch.no_grad():
+        for parameter in stage2.encoder.parameters():
+            parameter.add_(0.2 * torch.randn_like(parameter))
+    single = AnomalyDetector.from_generators(stage1, stage2, output="all", latent_disagreement=True).eval()
+    mirrored = AnomalyDetector(stage1, output="all", latent_disagreement=True, mirror_axes=[0]).eval()
+    mirrored.load_state_dict(single.state_dict())  # no parameter of its own: the shipped weights load as they are
+    x = _volume(16, 8, 12, seed=5)
+    with torch.no_grad():
+        one_way, other_way, averaged = single(x), single(x.flip(2)).flip(2), mirrored(x)
+    assert not torch.allclose(one_way, other_way)  # the network is not symmetric, so the mirror adds information
+    torch.testing.assert_close(averaged, (one_way + other_way) / 2, rtol=1e-5, atol=1e-7)
+    for axes in ([3], [0, 0], [-1]):
+        with pytest.raises(ValueError, match="mirror_axes"):
+            AnomalyDetector(stage1, mirror_axes=axes)
+
+
+@pytest.mark.parametrize(
+    "output,latent,mirror", [("anomaly", False, ()), ("all", False, ()), ("all", True, ()), ("all", True, (0, 2))]
+)
+def test_anomaly_detector_torchscript_matches_eager(tmp_path, output, latent, mirror):
     generator = _generator(seed=4)
     _settle_batch_norm(generator, (12, 16, 8))
-    detector = AnomalyDetector(generator, output=output, latent_disagreement=latent).eval()
+    detector = AnomalyDetector(generator, output=output, latent_disagreement=latent, mirror_axes=mirror).eval()
     with torch.no_grad():
         for parameter in detector.encoder2.parameters():
             parameter.mul_(1.1)

@@ -68,6 +68,7 @@ def test_sweeps_inferer_postprocessing_and_score(tuning_set, tiny_weights, tmp_p
     ]
     assert tune_postprocessing.main(argv) == 0
     results = json.loads(output.read_text())
+    assert results["overrides"] == {"generator_def": INFERENCE_GENERATOR}  # what was tuned is on record
     assert [(r["overlap"], r["mode"]) for r in results["inferer"]] == [(0.0, "constant"), (0.25, "constant")]
     assert all(r["seconds_per_case"] > 0 and 0 < r["mean_average_precision"] <= 1 for r in results["inferer"])
     rows = {(r["search_region_mm"], r["segmentation_threshold"]): r for r in results["postprocessing"]}

@@ -139,13 +139,19 @@ def test_codebook_gradient_comes_from_codebook_term_only():
     assert quantizer.embedding.weight.grad is None
 
 
-def test_anomaly_detector_equals_two_generators():
+def _stage_pair(encoder_noise: float) -> tuple[VQGANGenerator, VQGANGenerator]:
+    """A settled stage-1 generator and a stage-2 copy whose encoder weights carry Gaussian noise of that scale."""
     stage1 = _generator(seed=0)
     _settle_batch_norm(stage1, (16, 8, 12))
     stage2 = copy.deepcopy(stage1)
     with torch.no_grad():
         for parameter in stage2.encoder.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
+            parameter.add_(encoder_noise * torch.randn_like(parameter))
+    return stage1, stage2
+
+
+def test_anomaly_detector_equals_two_generators():
+    stage1, stage2 = _stage_pair(encoder_noise=0.05)
     x = _volume(16, 8, 12, seed=5)
     with torch.no_grad():
         g1, g2 = stage1(x), stage2(x)
@@ -219,12 +225,7 @@ def test_from_generators_refuses_different_decoders():
 
 
 def test_mirror_averaging_is_the_mean_of_both_orientations():
-    stage1 = _generator(seed=0)
-    _settle_batch_norm(stage1, (16, 8, 12))
-    stage2 = copy.deepcopy(stage1)
-    with torch.no_grad():
-        for parameter in stage2.encoder.parameters():
-            parameter.add_(0.2 * torch.randn_like(parameter))
+    stage1, stage2 = _stage_pair(encoder_noise=0.2)
     single = AnomalyDetector.from_generators(stage1, stage2, output="all", latent_disagreement=True).eval()
     mirrored = AnomalyDetector(stage1, output="all", latent_disagreement=True, mirror_axes=[0]).eval()
     mirrored.load_state_dict(single.state_dict())  # no parameter of its own: the shipped weights load as they are

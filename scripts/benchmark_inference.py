@@ -43,16 +43,21 @@ from jaw_phantoms.anatomy import AnatomyOptions
 from jaw_phantoms.phantom import make_phantom
 from scripts.benchmarking import GRID, ROOT, naive_peer, peak_rss_bytes, read_config, resolved_arguments, time_in_turn
 
+LESION_VOLUME_ML = 5.0  # mid-range of the simulated ONJ (0.5-10 cm^3), large enough that the wound writers have work
+
 
 def write_scan(folder: Path, spacing_mm: float = 2.0, seed: int = 4242) -> Path:
-    """A lesion phantom (held-out bank mandible, whole face; ``seed``) at 2 mm, padded or cropped (centred) to
-    ``GRID``, then written at ``spacing_mm`` (2 mm divided by a whole number): each voxel repeated along every axis, as
-    a DentalSegmentator map at the scanner's resolution would be (0.5 mm: 360 x 360 x 332)."""
+    """A phantom with an ONJ lesion of ``LESION_VOLUME_ML`` (held-out bank mandible, whole face; ``seed``) at 2 mm,
+    padded or cropped (centred) to ``GRID``, then written at ``spacing_mm`` (2 mm divided by a whole number): each
+    voxel repeated along every axis, as a DentalSegmentator map at the scanner's resolution would be (0.5 mm:
+    360 x 360 x 332)."""
     factor = round(2.0 / spacing_mm)
     if factor < 1 or abs(factor * spacing_mm - 2.0) > 1e-6:
         raise ValueError(f"--input_spacing must be 2 mm divided by a whole number, got {spacing_mm}")
     options = AnatomyOptions(shape_split="held_out", field_of_view="face")
-    phantom = make_phantom(seed=seed, spacing=2.0, lesion="onj", options=options, with_cbct=False)
+    phantom = make_phantom(
+        seed=seed, spacing=2.0, lesion="onj", options=options, lesion_volume_ml=LESION_VOLUME_ML, with_cbct=False
+    )
     labels = np.zeros(GRID, np.int16)
     src = [slice(max(0, (s - g) // 2), max(0, (s - g) // 2) + min(s, g)) for s, g in zip(phantom.labels.shape, GRID)]
     dst = [slice(max(0, (g - s) // 2), max(0, (g - s) // 2) + min(s, g)) for s, g in zip(phantom.labels.shape, GRID)]
@@ -165,6 +170,8 @@ def run(repeats: int, input_spacing: float = 2.0, overrides: dict | None = None)
             "total_over_peer_reconstructions": median["total"] / median["naive_reconstructions"],
             "peak_rss_gb": peak_rss_bytes() / 1e9,
             "output_bytes": output_bytes,
+            "lesion_volume_ml": LESION_VOLUME_ML,
+            "wound_regions": len(item["pred_regions"]),  # of the last round; 0 would leave the mesh writer idle
             "repeats": repeats,
         }
 
@@ -214,6 +221,11 @@ def markdown_table(result: dict) -> str:
         f"resident memory {result['peak_rss_gb']:.2f} GB; median of {result['repeats']} runs after a warm-up"
         + (f"; config overrides: {overrides}." if overrides else "."),
     ]
+    if "wound_regions" in result:
+        lines += [
+            "",
+            f"Scan: ONJ lesion of {result['lesion_volume_ml']:g} cm^3; wound regions found: {result['wound_regions']}.",
+        ]
     if result.get("output_bytes"):
         sizes = ", ".join(f"{name} {size / 1e6:.2f} MB" for name, size in result["output_bytes"].items())
         lines += ["", f"Files written: {sizes}."]

@@ -34,6 +34,8 @@ def test_table_lists_every_stage_each_writer_and_the_speedups():
         "threads": 2,
         "peak_rss_gb": 0.8,
         "repeats": 3,
+        "lesion_volume_ml": 5.0,
+        "wound_regions": 1,
     }
     table = markdown_table(result)
     assert "| both reconstructions (windows of 48^3, overlap 0.125) | 1.50 |" in table
@@ -42,6 +44,7 @@ def test_table_lists_every_stage_each_writer_and_the_speedups():
     assert "| write: STL meshes | 0.01 |" in table and "| subject scores | 0.02 |" in table
     assert "reconstructions x3.00, whole pipeline x2.50" in table and "naive peer's reconstructions: 0.44" in table
     assert "config overrides: anomaly_map_in_input_grid=true." in table
+    assert "ONJ lesion of 5 cm^3; wound regions found: 1." in table
 
 
 def test_writers_are_the_configured_ones_by_config_id():

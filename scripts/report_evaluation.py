@@ -508,6 +508,9 @@ def write_figures(runs: dict[str, dict], folders: dict[str, Path], output: Path)
     default, folder = runs["default"]["metrics"], folders["default"]
     kinds = _first_cases(default, folder)
     vae_folder = folders.get("vqvae")
+    if vae_folder is not None and not (vae_folder / FIGURE_SLICES).is_dir():
+        # a baseline given by its metrics.json alone (weights not at hand) has no slices to draw
+        vae_folder = None
 
     def slices(run_folder: Path, case: str):
         return np.load(run_folder / FIGURE_SLICES / f"{case}.npz")

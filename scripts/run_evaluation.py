@@ -16,7 +16,8 @@ Every run is ``python -m monai.bundle run`` of the evaluation overlay (``configs
    both sets;
 4. ``vqvae``: the VQ-VAE baseline trained on the same data (paper section 5.1), when its packaged weights exist
    (``--vqvae_checkpoint``; docs/demo_weights.md says how they are made). Its thresholds would need its own
-   validation run, so none are applied;
+   validation run, so none are applied. Without the weights, ``--keep_vqvae`` reports the ``vqvae`` run of the
+   existing ``docs/evaluation.json`` again, under its recorded model version;
 5. the report (:mod:`scripts.report_evaluation`): ``docs/evaluation.json`` (every run's metrics, cases included),
    ``docs/results.md`` and ``docs/acceptance.md`` generated from it, the figures in ``docs/figures/evaluation/``,
    ``configs/metadata.json#eval_metrics`` and the model card's performance block.
@@ -144,6 +145,22 @@ def vqvae_run(checkpoint: Path) -> Run:
     )
 
 
+def keep_previous_run(evaluation_json: Path, name: str, runs_dir: Path) -> tuple[Path, str]:
+    """Copy run ``name`` of an earlier ``evaluation.json`` to ``runs_dir/<name>_kept/metrics.json``, for a baseline
+    whose weights are not at hand; return that folder and a title naming the model version it was run with."""
+    try:
+        previous = json.loads(evaluation_json.read_text())[name]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError) as error:
+        raise SystemExit(f"run_evaluation: error: {evaluation_json}: no run {name!r} to keep ({error!r})") from None
+    metrics = previous["metrics"]
+    version = metrics["model"]["version"]
+    title = previous["title"].split(" [kept")[0] + f" [kept from the evaluation of version {version}]"
+    folder = runs_dir / f"{name}_kept"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder, title
+
+
 def bundle_command(run: Run, output_dir: Path, thresholds_from: Path | None) -> list[str]:
     """The ``monai.bundle run`` command line of one run."""
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", CONFIGS]
@@ -187,6 +204,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=ROOT / "runs" / "bank_vqvae" / "model.pt",
         help="packaged VQ-VAE baseline (skipped, with a note in the report, when absent)",
     )
+    parser.add_argument(
+        "--keep_vqvae",
+        action="store_true",
+        help="without --vqvae_checkpoint, report the vqvae run of the existing evaluation.json of --docs_dir again",
+    )
     parser.add_argument("--reuse_runs", action="store_true", help="keep runs whose metrics.json exists")
     parser.add_argument(
         "--no_metadata", action="store_true", help="leave configs/metadata.json and the model card as they are"
@@ -203,14 +225,20 @@ def main(argv: list[str] | None = None) -> int:
             phantoms.make(ROOT)
     thresholds_from = execute(VALIDATION, args.runs_dir, None, args.reuse_runs)
     runs = list(RUNS)
+    kept_vqvae = None
     if args.vqvae_checkpoint.is_file():
         runs.append(vqvae_run(args.vqvae_checkpoint))
+    elif args.keep_vqvae:
+        kept_vqvae = keep_previous_run(args.docs_dir / "evaluation.json", "vqvae", args.runs_dir)
     else:
         print(f"no VQ-VAE baseline at {args.vqvae_checkpoint}: experiment 1 shows the VQ-GAN alone", flush=True)
     folders = {run.name: execute(run, args.runs_dir, thresholds_from, args.reuse_runs).parent for run in runs}
     report_argv = ["--json", str(args.docs_dir / "evaluation.json"), "--docs_dir", str(args.docs_dir)]
     for run in runs:
         report_argv += ["--run", f"{run.name}={folders[run.name]}", "--title", f"{run.name}={run.title}"]
+    if kept_vqvae is not None:
+        folder, title = kept_vqvae
+        report_argv += ["--run", f"vqvae={folder}", "--title", f"vqvae={title}"]
     if not args.no_metadata:
         report_argv += ["--metadata", str(ROOT / "configs" / "metadata.json")]
         report_argv += ["--model_card", str(args.docs_dir / "README.md")]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from jaw_phantoms.writing import plan_cases
 from scripts.run_evaluation import (
     EVALUATION_SET,
@@ -15,6 +17,7 @@ from scripts.run_evaluation import (
     PhantomSet,
     bundle_command,
     held_out_subject_seeds,
+    keep_previous_run,
     vqvae_run,
 )
 
@@ -61,3 +64,17 @@ def test_the_tuning_set_shares_no_subject_with_the_held_out_sets():
     assert not {plan.seed for plan in plan_cases(**TUNING_SET.plan())} & held_out
     shares_the_seed = PhantomSet("tune_b", 40, EVALUATION_SET.seed, lesion_kinds=("onj", "onj_ramus"))
     assert len({plan.seed for plan in plan_cases(**shares_the_seed.plan())} & held_out) == 2
+
+
+def test_a_kept_baseline_run_is_reported_under_its_recorded_version(tmp_path):
+    metrics = {"model": {"version": "0.9.0", "sha256": "c5b1"}, "num_lesion_cases": 22}
+    evaluation = tmp_path / "evaluation.json"
+    evaluation.write_text(json.dumps({"vqvae": {"title": "VQ-VAE baseline", "metrics": metrics}}))
+    folder, title = keep_previous_run(evaluation, "vqvae", tmp_path / "runs")
+    assert json.loads((folder / "metrics.json").read_text()) == metrics
+    assert title == "VQ-VAE baseline [kept from the evaluation of version 0.9.0]"
+    evaluation.write_text(json.dumps({"vqvae": {"title": title, "metrics": metrics}}))
+    assert keep_previous_run(evaluation, "vqvae", tmp_path / "runs")[1] == title  # kept twice, named once
+    evaluation.write_text(json.dumps({"default": {}}))
+    with pytest.raises(SystemExit, match=r"evaluation\.json: no run 'vqvae' to keep"):
+        keep_previous_run(evaluation, "vqvae", tmp_path / "runs")

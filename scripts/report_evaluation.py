@@ -271,11 +271,13 @@ def _experiment_1(runs: dict[str, dict]) -> list[str]:
     lines += _table(["measure", "VQ-GAN (shipped)", "VQ-VAE (same data)", "paper VQ-GAN", "paper VQ-VAE"], table)
     if vae is None:
         return lines + ["No VQ-VAE run: `--vqvae_checkpoint` was absent (docs/demo_weights.md makes it).", ""]
-    digests = [run.get("model", {}).get("sha256", "?")[:12] for run in (gan, vae)]
+    gan_weights, vae_weights = (
+        f"version {run.get('model', {}).get('version', '?')}, sha256 {run.get('model', {}).get('sha256', '?')[:12]}..."
+        for run in (gan, vae)
+    )
     lines += [
-        f"Weights: VQ-GAN sha256 {digests[0]}..., VQ-VAE sha256 {digests[1]}... (both stages of each trained on the "
-        "same phantoms with the same schedule, the VQ-VAE without the adversarial term: "
-        "[demo_weights.md](demo_weights.md)).",
+        f"Weights: VQ-GAN {gan_weights}; VQ-VAE {vae_weights} (both trained on the same phantoms; how each was "
+        "trained, and where their schedules differ: [demo_weights.md](demo_weights.md)).",
         "",
     ]
     for label, key, section, _ in EXPERIMENT_1_ROWS[:3] + EXPERIMENT_1_ROWS[4:5]:

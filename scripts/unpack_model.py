@@ -55,7 +55,7 @@ def unpack(
     if existing and not overwrite:
         raise FileExistsError(f"{', '.join(existing)}: exists; pass --overwrite to replace")
     parser = ConfigParser()
-    parser.read_config([str(ROOT / name) if not Path(name).is_absolute() else name for name in config_files])
+    parser.read_config([str(ROOT / name) for name in config_files])  # an absolute name stays as it is
     parser["bundle_root"] = str(ROOT)
     torch.manual_seed(seed)
     generator = parser.get_parsed_content("network_def")

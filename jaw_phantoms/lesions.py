@@ -61,11 +61,26 @@ class LesionSpec:
         return self.centre - reach, self.centre + reach
 
 
-def sample_lesion(subject: JawSubject, kind: str, seed: int, volume_ml: float | None = None) -> LesionSpec:
-    """Draw a lesion of ``kind`` for ``subject`` (``volume_ml``: the ONJ target volume, drawn log-uniformly in
-    :data:`ONJ_VOLUME_ML` when None)."""
+def check_volume_range(volume_range_ml: tuple[float, float]) -> None:
+    """Refuse an ONJ volume range that no lesion can be drawn from."""
+    if len(volume_range_ml) != 2 or not 0.0 < volume_range_ml[0] <= volume_range_ml[1]:
+        raise ValueError(f"lesion volume range must be (min, max) with 0 < min <= max, got {tuple(volume_range_ml)} ml")
+
+
+def sample_lesion(
+    subject: JawSubject,
+    kind: str,
+    seed: int,
+    volume_ml: float | None = None,
+    volume_range_ml: tuple[float, float] | None = None,
+) -> LesionSpec:
+    """Draw a lesion of ``kind`` for ``subject``. ``volume_ml``: the ONJ target volume; when None it is drawn
+    log-uniformly in ``volume_range_ml`` (default :data:`RAMUS_VOLUME_ML` for the ramus, :data:`ONJ_VOLUME_ML`
+    otherwise). The teeth-and-jaw removal has no target volume and ignores both."""
     if kind not in LESION_KINDS or kind == "none":
         raise ValueError(f"unknown lesion kind {kind!r}; expected one of {LESION_KINDS[1:]}")
+    if volume_range_ml is not None:
+        check_volume_range(volume_range_ml)
     rng = np.random.default_rng([seed, 1])
     landmarks = subject.landmarks
     side = int(rng.choice((-1, 1)))
@@ -80,7 +95,7 @@ def sample_lesion(subject: JawSubject, kind: str, seed: int, volume_ml: float | 
         radii = np.array([rng.uniform(6.0, 15.0), 14.0, 0.5 * (crest - base) + 16.0])
         return LesionSpec(kind, centre, axes, radii, 8, noise, 0.1, None)
     if volume_ml is None:
-        volume_range = RAMUS_VOLUME_ML if kind == "onj_ramus" else ONJ_VOLUME_ML
+        volume_range = volume_range_ml or (RAMUS_VOLUME_ML if kind == "onj_ramus" else ONJ_VOLUME_ML)
         volume_ml = float(np.exp(rng.uniform(*np.log(volume_range))))
     if not volume_ml > 0.0:
         raise ValueError(f"lesion volume must be positive, got {volume_ml} ml")

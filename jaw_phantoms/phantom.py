@@ -185,9 +185,11 @@ def make_phantom(
     options: AnatomyOptions | None = None,
     lesion_volume_ml: float | None = None,
     with_cbct: bool = True,
+    lesion_volume_range_ml: tuple[float, float] | None = None,
 ) -> JawPhantom:
     """Subject ``seed`` (see :func:`jaw_phantoms.anatomy.sample_subject`) rasterised at ``spacing`` mm with voxel axes
-    along ``axcodes``, with a lesion of kind ``lesion`` (:data:`jaw_phantoms.lesions.LESION_KINDS`).
+    along ``axcodes``, with a lesion of kind ``lesion`` (:data:`jaw_phantoms.lesions.LESION_KINDS`) of
+    ``lesion_volume_ml``, or drawn in ``lesion_volume_range_ml`` (:func:`jaw_phantoms.lesions.sample_lesion`).
 
     Lesions are drawn only on held-out shapes (``options.shape_split == "held_out"``), so that no shape a model trains
     on is ever seen with a lesion. The anatomy depends only on ``seed`` and ``options``: the healthy labels of a
@@ -202,7 +204,7 @@ def make_phantom(
     healthy, tooth_ids, crown, occupancy, grid = render(subject, spacing, axcodes)
     labels, truth, spec = healthy, np.zeros(grid.shape, dtype=np.uint8), None
     if lesion != "none":
-        spec = sample_lesion(subject, lesion, seed, lesion_volume_ml)
+        spec = sample_lesion(subject, lesion, seed, lesion_volume_ml, lesion_volume_range_ml)
         box = grid.box(*spec.bounds(MAX_SCALE))
         if box is None:
             raise ValueError(f"subject {seed}: the lesion site lies outside the field of view")

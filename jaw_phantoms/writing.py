@@ -211,13 +211,18 @@ def _preview_choice(plans: list[CasePlan]) -> set[str]:
     return set(chosen[:_PREVIEW_SUBJECTS])
 
 
-def generate(plan: CasePlan, style: str = "real_mandible") -> JawPhantom | parametric.JawPhantom:
+def generate(
+    plan: CasePlan, style: str = "real_mandible", lesion_volume_range_ml: tuple[float, float] | None = None
+) -> JawPhantom | parametric.JawPhantom:
     """The phantom of one planned case: training and validation subjects on the bank's training shapes, test subjects
-    on its held-out shapes (``real_mandible``), or a version-0.2 parametric phantom (``parametric``)."""
+    on its held-out shapes (``real_mandible``, ONJ volumes drawn in ``lesion_volume_range_ml`` when given), or a
+    version-0.2 parametric phantom (``parametric``)."""
     if style == "parametric":
         return parametric.make_phantom(plan.seed, plan.spacing, plan.lesion, plan.axcodes)
     options = AnatomyOptions(shape_split="held_out" if plan.split == "test" else "training")
-    return make_phantom(plan.seed, plan.spacing, plan.lesion, plan.axcodes, options)
+    return make_phantom(
+        plan.seed, plan.spacing, plan.lesion, plan.axcodes, options, lesion_volume_range_ml=lesion_volume_range_ml
+    )
 
 
 def make_phantom_set(
@@ -232,6 +237,7 @@ def make_phantom_set(
     seed: int = 0,
     style: str = "real_mandible",
     lesion_kinds: tuple[str, ...] | None = None,
+    lesion_volume_range_ml: tuple[float, float] | None = None,
     preview: bool = True,
     overwrite: bool = False,
     log=print,
@@ -248,6 +254,10 @@ def make_phantom_set(
         raise ValueError(f"{output}: folder is not empty; pass --overwrite to replace it")
     if style not in STYLES:
         raise ValueError(f"unknown phantom style {style!r}; expected one of {STYLES}")
+    if lesion_volume_range_ml is not None:
+        if style != "real_mandible":
+            raise ValueError("a lesion volume range is an option of the real_mandible style only")
+        lesions.check_volume_range(lesion_volume_range_ml)
     plans = plan_cases(
         train_subjects,
         val_subjects,
@@ -270,7 +280,7 @@ def make_phantom_set(
         shown = _preview_choice(plans) if preview else set()
         preview_cases = []
         for plan in plans:
-            phantom = generate(plan, style)
+            phantom = generate(plan, style, lesion_volume_range_ml)
             datalist[plan.split].append(write_case(phantom, plan, staging))
             if plan.name in shown:
                 preview_cases.append((plan, phantom))

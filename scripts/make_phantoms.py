@@ -58,6 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         help="lesion kinds the lesion subjects take in turn (default: onj teeth_and_jaw_removed onj onj_maxilla; "
         "parametric: onj teeth_and_jaw_removed); real-mandible kinds: onj onj_ramus onj_maxilla teeth_and_jaw_removed",
     )
+    parser.add_argument(
+        "--lesion_volume_ml",
+        type=float,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        help="draw every ONJ lesion's volume log-uniformly in [MIN, MAX] cm^3 (real-mandible style; default 0.5-10, "
+        "ramus 0.5-4), e.g. a tuning set of small lesions",
+    )
     parser.add_argument("--no_preview", action="store_true", help="skip preview.png")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--quiet", action="store_true", help="print only the datalist path")
@@ -77,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             style=args.style,
             lesion_kinds=tuple(args.lesion_kinds) if args.lesion_kinds else None,
+            lesion_volume_range_ml=tuple(args.lesion_volume_ml) if args.lesion_volume_ml else None,
             preview=not args.no_preview,
             overwrite=args.overwrite,
             log=(lambda message: None) if args.quiet else print,

@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from jaw_phantoms.anatomy import CANAL, LOWER_TEETH, MANDIBLE, UPPER_SKULL, UPPER_TEETH, AnatomyOptions
+from jaw_phantoms.anatomy import (
+    CANAL,
+    LOWER_TEETH,
+    MANDIBLE,
+    UPPER_SKULL,
+    UPPER_TEETH,
+    AnatomyOptions,
+    sample_subject,
+)
+from jaw_phantoms.lesions import ONJ_VOLUME_ML, sample_lesion
 from jaw_phantoms.phantom import make_phantom
 from jaw_phantoms.shape_bank import BANK_DIR, BANK_INDEX, bank_entries, load_shape, measure_landmarks
 
@@ -126,6 +135,19 @@ def test_lesion_truth_is_exactly_the_removed_tissue(kind):
         assert not np.isin(phantom.healthy_labels[removed], [LOWER_TEETH]).any()
 
 
+def test_a_volume_range_draws_the_target_volume_in_it_and_the_default_range_is_unchanged():
+    subject = sample_subject(5, HELD_OUT)
+    default = sample_lesion(subject, "onj", 5)
+    assert sample_lesion(subject, "onj", 5, volume_range_ml=ONJ_VOLUME_ML).target_volume_ml == default.target_volume_ml
+    assert sample_lesion(subject, "onj_ramus", 5, volume_range_ml=(1.2, 1.2)).target_volume_ml == pytest.approx(1.2)
+    drawn = [sample_lesion(subject, "onj", seed, volume_range_ml=(0.5, 2.0)).target_volume_ml for seed in range(20)]
+    assert 0.5 <= min(drawn) < max(drawn) <= 2.0
+    phantom = make_phantom(
+        5, spacing=1.0, lesion="onj", options=HELD_OUT, with_cbct=False, lesion_volume_range_ml=(1.5, 1.5)
+    )
+    assert phantom.truth.sum() / 1000.0 == pytest.approx(1.5, rel=0.1)
+
+
 def test_impossible_requests_are_refused_with_a_reason():
     with pytest.raises(ValueError, match="held-out shapes only"):
         make_phantom(1, spacing=2.0, lesion="onj")
@@ -135,6 +157,9 @@ def test_impossible_requests_are_refused_with_a_reason():
         AnatomyOptions(field_of_view="whole_body")
     with pytest.raises(ValueError, match="spacing"):
         make_phantom(1, spacing=0.0)
+    for bad_range in [(0.0, 1.0), (2.0, 1.0)]:
+        with pytest.raises(ValueError, match="0 < min <= max"):
+            make_phantom(1, spacing=2.0, lesion="onj", options=HELD_OUT, lesion_volume_range_ml=bad_range)
 
 
 @pytest.mark.slow

@@ -148,6 +148,13 @@ def test_command_line_errors_are_one_line_with_exit_code_2(tmp_path):
         text=True,
     )
     assert bad.returncode == 2 and "lesion_fraction" in bad.stderr and not (tmp_path / "new").exists()
+    for extra, message in [(["--lesion_volume_ml", "2", "1"], "0 < min <= max"), (["--style", "parametric"], "only")]:
+        refused = subprocess.run(
+            [sys.executable, str(SCRIPT), str(tmp_path / "new"), "--lesion_volume_ml", "0.5", "2", *extra],
+            capture_output=True,
+            text=True,
+        )
+        assert refused.returncode == 2 and message in refused.stderr and not (tmp_path / "new").exists()
     helped = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True)
     assert helped.returncode == 0 and "--test_subjects" in helped.stdout
 

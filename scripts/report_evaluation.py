@@ -268,16 +268,22 @@ def _experiment_1(runs: dict[str, dict]) -> list[str]:
         "Mean (max) over subjects; the paper's figures are cited for reference (real CBCT, another model size).",
         "",
     ]
-    lines += _table(["measure", "VQ-GAN (shipped)", "VQ-VAE (same data)", "paper VQ-GAN", "paper VQ-VAE"], table)
+    lines += _table(["measure", "VQ-GAN (shipped)", "VQ-VAE", "paper VQ-GAN", "paper VQ-VAE"], table)
     if vae is None:
         return lines + ["No VQ-VAE run: `--vqvae_checkpoint` was absent (docs/demo_weights.md makes it).", ""]
+    gan_model, vae_model = (run.get("model", {}) for run in (gan, vae))
     gan_weights, vae_weights = (
-        f"version {run.get('model', {}).get('version', '?')}, sha256 {run.get('model', {}).get('sha256', '?')[:12]}..."
-        for run in (gan, vae)
+        f"version {model.get('version', '?')}, sha256 {model.get('sha256', '?')[:12]}..."
+        for model in (gan_model, vae_model)
+    )
+    training = (
+        "both trained on the same phantoms"
+        if gan_model.get("version") == vae_model.get("version")
+        else f"the VQ-GAN's fine-tunes after version {vae_model.get('version', '?')} were not repeated for the VQ-VAE"
     )
     lines += [
-        f"Weights: VQ-GAN {gan_weights}; VQ-VAE {vae_weights} (both trained on the same phantoms; how each was "
-        "trained, and where their schedules differ: [demo_weights.md](demo_weights.md)).",
+        f"Weights: VQ-GAN {gan_weights}; VQ-VAE {vae_weights} ({training}; how each was trained, and where their "
+        "schedules differ: [demo_weights.md](demo_weights.md)).",
         "",
     ]
     for label, key, section, _ in EXPERIMENT_1_ROWS[:3] + EXPERIMENT_1_ROWS[4:5]:

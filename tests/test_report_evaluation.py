@@ -67,8 +67,26 @@ def test_experiment_1_compares_both_generators_with_the_numbers_of_their_runs(tm
     assert row.split(" | ")[1:5] == ["0.00600 (0.00600)", "0.00400 (0.00400)", "0.009196", "0.009174 |"]
     assert "stage 1, healthy subjects: MSE against the input: lower for the VQ-VAE (0.004 against 0.006" in results
     assert "stage 2, removal: MSE against the intact map: lower for the VQ-VAE (0.008 against 0.012" in results
+    assert "both trained on the same phantoms" in results
     alone = render_results({"default": runs["default"]}, "test", timing=None)
     assert "No VQ-VAE run" in alone and "lower for the" not in alone
+
+
+def test_experiment_1_says_when_the_vqvae_is_an_older_version(tmp_path):
+    runs = {
+        "default": {
+            "title": "VQ-GAN run",
+            "metrics": {**_metrics(tmp_path, 0, 0.5), "model": {"version": "2.0", "sha256": "a" * 64}},
+        },
+        "vqvae": {
+            "title": "VQ-VAE run",
+            "metrics": {**_metrics(tmp_path, 0, 0.5), "model": {"version": "1.0", "sha256": "b" * 64}},
+        },
+    }
+    results = render_results(runs, "test", timing=None)
+    assert "VQ-GAN version 2.0, sha256 aaaaaaaaaaaa...; VQ-VAE version 1.0" in results
+    assert "fine-tunes after version 1.0 were not repeated for the VQ-VAE" in results
+    assert "same phantoms" not in results
 
 
 def test_run_without_json_is_refused(tmp_path):

@@ -21,14 +21,15 @@ from monai.utils.type_conversion import convert_to_dst_type
 
 # The surface noise is a random grid of this many nodes per axis, interpolated over the patch: a few bumps per blob.
 _NOISE_NODES = 5
+_RADIUS_DISTRIBUTIONS = ("uniform", "log_uniform")
 
 
 class RandTissueBlobDropout(RandomizableTransform):
     """Set to 0, in every channel, the voxels inside 1..``max_blobs`` random rough ellipsoids centred on tissue.
 
     Each blob: a centre drawn uniformly among the voxels above ``min_centre_value`` (in any channel; none drawn when
-    there are none), one radius per axis drawn
-    uniformly from [``min_radius``, ``max_radius``] voxels, and the surface
+    there are none), one radius per axis drawn from [``min_radius``, ``max_radius``] voxels (uniformly, or
+    log-uniformly with ``radius_distribution="log_uniform"``), and the surface
     ``sum(((p - centre) / radius)^2) + roughness * noise(p) <= 1``, with ``noise`` a smooth random field in [-1, 1].
 
     Args:
@@ -39,6 +40,9 @@ class RandTissueBlobDropout(RandomizableTransform):
         min_centre_value: centres lie only on voxels above this value. 0: any tissue. In x' (mandible 0.7,
             upper teeth 0.8, lower teeth 0.9, canal 1.0, upper skull 0.6), 0.65 keeps them in the jaw, where
             osteonecrosis lies; the blobs still reach the maxillary alveolar process around the upper teeth.
+        radius_distribution: ``"uniform"`` or ``"log_uniform"``. Log-uniform draws as many radii in [2, 4] as in
+            [8, 16]: small defects (about 1 cm^3 at 2 mm, radius 3 voxels) are trained as often as large ones
+            without narrowing the range, which a smaller ``max_radius`` would do at the cost of the large removals.
     """
 
     def __init__(
@@ -49,6 +53,7 @@ class RandTissueBlobDropout(RandomizableTransform):
         max_radius: float = 8.0,
         roughness: float = 0.5,
         min_centre_value: float = 0.0,
+        radius_distribution: str = "uniform",
     ) -> None:
         RandomizableTransform.__init__(self, prob)
         if max_blobs < 1:
@@ -59,6 +64,9 @@ class RandTissueBlobDropout(RandomizableTransform):
             raise ValueError(f"roughness must be >= 0, got {roughness}")
         if min_centre_value < 0:
             raise ValueError(f"min_centre_value must be >= 0, got {min_centre_value}")
+        if radius_distribution not in _RADIUS_DISTRIBUTIONS:
+            raise ValueError(f"radius_distribution must be one of {_RADIUS_DISTRIBUTIONS}, got {radius_distribution!r}")
+        self.radius_distribution = radius_distribution
         self.min_centre_value = float(min_centre_value)
         self.max_blobs = max_blobs
         self.min_radius, self.max_radius = float(min_radius), float(max_radius)
@@ -77,9 +85,14 @@ class RandTissueBlobDropout(RandomizableTransform):
             return
         for _ in range(self.R.randint(1, self.max_blobs + 1)):
             centre = candidates[self.R.randint(len(candidates))].numpy().astype(np.float32)
-            radii = self.R.uniform(self.min_radius, self.max_radius, size=3).astype(np.float32)
+            radii = self._draw_radii()
             nodes = self.R.uniform(-1.0, 1.0, size=(_NOISE_NODES,) * 3).astype(np.float32)
             self._blobs.append((centre, radii, nodes))
+
+    def _draw_radii(self) -> np.ndarray:
+        if self.radius_distribution == "log_uniform":
+            return np.exp(self.R.uniform(np.log(self.min_radius), np.log(self.max_radius), size=3)).astype(np.float32)
+        return self.R.uniform(self.min_radius, self.max_radius, size=3).astype(np.float32)
 
     def mask(self, spatial_shape: Sequence[int], device: torch.device | None = None) -> torch.Tensor:
         """(X, Y, Z) bool: the voxels inside the blobs drawn by the last :meth:`randomize`."""
@@ -129,11 +142,14 @@ class RandTissueBlobDropoutd(RandomizableTransform, MapTransform):
         max_radius: float = 8.0,
         roughness: float = 0.5,
         min_centre_value: float = 0.0,
+        radius_distribution: str = "uniform",
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, 1.0)
-        self.dropper = RandTissueBlobDropout(prob, max_blobs, min_radius, max_radius, roughness, min_centre_value)
+        self.dropper = RandTissueBlobDropout(
+            prob, max_blobs, min_radius, max_radius, roughness, min_centre_value, radius_distribution
+        )
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
         super().set_random_state(seed, state)

@@ -49,6 +49,23 @@ def test_centres_lie_only_above_min_centre_value(jaw):
     assert torch.equal(RandTissueBlobDropout(min_centre_value=1.0)(jaw), jaw)  # no voxel above 1: no blob
 
 
+def test_log_uniform_radii_stay_in_range_and_favour_small_blobs(jaw):
+    def radii(distribution: str) -> np.ndarray:
+        dropper = RandTissueBlobDropout(max_blobs=1, min_radius=2.0, max_radius=16.0, radius_distribution=distribution)
+        dropper.set_random_state(5)
+        draws = []
+        for _ in range(400):
+            dropper.randomize(torch.ones(4, 4, 4, dtype=torch.bool))
+            draws.append(dropper._blobs[0][1])
+        return np.concatenate(draws)
+
+    log_uniform, uniform = radii("log_uniform"), radii("uniform")
+    assert log_uniform.min() >= 2.0 and log_uniform.max() <= 16.0
+    # log-uniform on [2, 16]: a third of the radii in each of [2, 4], [4, 8], [8, 16]; uniform: 1/7, 2/7, 4/7
+    assert 0.28 < np.mean(log_uniform < 4.0) < 0.39 and 0.28 < np.mean(log_uniform > 8.0) < 0.39
+    assert np.mean(uniform < 4.0) < 0.2 and np.mean(uniform > 8.0) > 0.5
+
+
 def test_no_tissue_or_prob_zero_leaves_the_image_as_it_is(jaw):
     empty = torch.zeros(1, 20, 20, 20)
     assert torch.equal(RandTissueBlobDropout()(empty), empty)
@@ -62,7 +79,13 @@ def test_dictionary_form_removes_the_same_blobs_from_every_key(jaw):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"max_blobs": 0}, {"min_radius": 5.0, "max_radius": 2.0}, {"roughness": -1.0}, {"min_centre_value": -0.1}],
+    [
+        {"max_blobs": 0},
+        {"min_radius": 5.0, "max_radius": 2.0},
+        {"roughness": -1.0},
+        {"min_centre_value": -0.1},
+        {"radius_distribution": "normal"},
+    ],
 )
 def test_bad_parameters_are_refused(kwargs):
     with pytest.raises(ValueError):

@@ -38,7 +38,7 @@ def _volume(anomaly_map: NdarrayOrTensor) -> torch.Tensor:
 
 def subject_score(
     anomaly_map: NdarrayOrTensor,
-    threshold: float = 0.1,
+    threshold: float = 0.08,
     erosion_iterations: int = 1,
     structure: str = "ball",
     region: NdarrayOrTensor | None = None,
@@ -50,7 +50,7 @@ def subject_score(
         anomaly_map: numpy array or torch tensor (X, Y, Z), (1, X, Y, Z) or (1, 1, X, Y, Z); e.g. D = (G2 - G1)^2
             with values in [0, 1].
         threshold: voxels at or above it are anomalous (``>=``, as MONAI's ``AsDiscrete(threshold=...)``); default
-            0.1, the bundle's (configs/inference.json ``score_threshold``).
+            0.08, the bundle's (configs/inference.json ``score_threshold``).
         erosion_iterations: successive erosions by the radius-1 footprint; 1 removes single voxels and one-voxel-thin
             lines, 0 counts the thresholded voxels without erosion; default 1, the bundle's.
         structure: elementary footprint, ``"ball"`` (default, 6-connected cross) or ``"cube"`` (26-connected box).
@@ -91,7 +91,7 @@ class SubjectScored(MapTransform):
     def __init__(
         self,
         keys: KeysCollection,
-        threshold: float = 0.1,
+        threshold: float = 0.08,
         erosion_iterations: int = 1,
         structure: str = "ball",
         score_postfix: str = "_score",

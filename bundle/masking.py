@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, RandomizableTransform
-from monai.utils import convert_to_tensor
+from monai.utils import convert_to_tensor, look_up_option
 from monai.utils.type_conversion import convert_to_dst_type
 
 # The surface noise is a random grid of this many nodes per axis, interpolated over the patch: a few bumps per blob.
@@ -64,9 +64,7 @@ class RandTissueBlobDropout(RandomizableTransform):
             raise ValueError(f"roughness must be >= 0, got {roughness}")
         if min_centre_value < 0:
             raise ValueError(f"min_centre_value must be >= 0, got {min_centre_value}")
-        if radius_distribution not in _RADIUS_DISTRIBUTIONS:
-            raise ValueError(f"radius_distribution must be one of {_RADIUS_DISTRIBUTIONS}, got {radius_distribution!r}")
-        self.radius_distribution = radius_distribution
+        self.radius_distribution = look_up_option(radius_distribution, _RADIUS_DISTRIBUTIONS)
         self.min_centre_value = float(min_centre_value)
         self.max_blobs = max_blobs
         self.min_radius, self.max_radius = float(min_radius), float(max_radius)

@@ -19,8 +19,9 @@ network, the inferer and the 2 mm post-processing (``segmentation_steps``), so w
    whether the total wound volume separates lesion from healthy subjects (the ``wound_volume`` subject score).
 3. Subject score: every ``score_threshold`` x ``score_erosion_iterations`` pair, for each ``search_region_mm`` of the
    grid (the score counts only voxels in the region), scored by whether every lesion subject scores above every
-   healthy one and by the margin (min lesion + 1) / (max healthy + 1). One radius serves both the wound regions and
-   the score: choose it from both tables.
+   healthy one and by the margin (min lesion + 1) / (max healthy + 1); each row also gives the AUROC and every
+   case's score by name, so that the subjects deciding the separation can be followed from one model to the next.
+   One radius serves both the wound regions and the score: choose it from both tables.
 
     python scripts/tune_postprocessing.py data/phantoms_tune/datalist.json --json docs/tuning.json
 """
@@ -43,7 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bundle.atomic_files import write_json_atomically  # noqa: E402
-from bundle.metrics import average_precision, dice_at_threshold  # noqa: E402
+from bundle.metrics import average_precision, dice_at_threshold, subject_auroc  # noqa: E402
+from bundle.outputs import case_name  # noqa: E402
 from bundle.scoring import subject_score  # noqa: E402
 from bundle.weights import load_verified_weights  # noqa: E402
 from scripts.run_evaluation import held_out_subject_seeds  # noqa: E402
@@ -88,14 +90,16 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def load_cases(parser: ConfigParser) -> list[dict]:
-    """Preprocessed cases of the datalist (image, optional cbct and truth, lesion kind), one dict each."""
+    """Preprocessed cases of the datalist (name, image, optional cbct and truth, lesion kind), one dict each."""
     dataset = parser.get_parsed_content("dataset")
     cases = []
     for item in dataset:
         truth = item.get("truth")
+        image = item[parser["image_key"]]
         cases.append(
             {
-                "image": item[parser["image_key"]],
+                "name": case_name(image),
+                "image": image,
                 "cbct": item.get("cbct"),
                 "truth": None if truth is None else np.asarray(truth[0]) > 0,
                 "lesion": item.get("lesion", "none"),
@@ -164,10 +168,14 @@ def search_regions(parser: ConfigParser, cases: list[dict], radius_mm: float | N
 
 
 def score_metrics(cases: list[dict], regions: list[torch.Tensor], threshold: float, erosions: int) -> dict:
-    lesion, normal = [], []
-    for case, region in zip(cases, regions):
-        score = subject_score(case["pred"][0], threshold, erosions, region=region)
-        (lesion if has_lesion(case) else normal).append(score)
+    """Subject scores of every case by name, the lowest lesion and highest healthy score, and their AUROC (``None``
+    without both groups); the per-case scores say which subjects decide the separation."""
+    scores = [
+        subject_score(case["pred"][0], threshold, erosions, region=region) for case, region in zip(cases, regions)
+    ]
+    labels = [int(has_lesion(case)) for case in cases]
+    lesion = [score for score, label in zip(scores, labels) if label]
+    normal = [score for score, label in zip(scores, labels) if not label]
     lesion_min = min(lesion) if lesion else 0
     normal_max = max(normal) if normal else 0
     return {
@@ -178,6 +186,8 @@ def score_metrics(cases: list[dict], regions: list[torch.Tensor], threshold: flo
         "normals_zero": sum(s == 0 for s in normal),
         "separated": lesion_min > normal_max,
         "margin": (lesion_min + 1) / (normal_max + 1),
+        "auroc": subject_auroc(scores, labels) if lesion and normal else None,
+        "scores": {case["name"]: score for case, score in zip(cases, scores)},
     }
 
 

@@ -68,6 +68,10 @@ def test_sweeps_inferer_postprocessing_and_score(tuning_set, tiny_weights, tmp_p
     ]
     assert tune_postprocessing.main(argv) == 0
     results = json.loads(output.read_text())
+    entries = json.loads(tuning_set.read_text())["test"]
+    case_names = {Path(entry["image"]).name.removesuffix(".nii.gz") for entry in entries}
+    healthy_names = {Path(e["image"]).name.removesuffix(".nii.gz") for e in entries if e["lesion"] == "none"}
+    assert len(case_names) == 2 and len(healthy_names) == 1
     assert results["overrides"] == {"generator_def": INFERENCE_GENERATOR}  # what was tuned is on record
     assert [(r["overlap"], r["mode"]) for r in results["inferer"]] == [(0.0, "constant"), (0.25, "constant")]
     assert all(r["seconds_per_case"] > 0 and 0 < r["mean_average_precision"] <= 1 for r in results["inferer"])
@@ -84,7 +88,12 @@ def test_sweeps_inferer_postprocessing_and_score(tuning_set, tiny_weights, tmp_p
     scores = {(r["search_region_mm"], r["score_threshold"]): r for r in results["score"]}
     assert set(scores) == set(rows)
     assert scores[None, 2.0]["lesion_min"] == scores[None, 2.0]["normal_max"] == 0
-    assert not scores[None, 2.0]["separated"]
+    assert not scores[None, 2.0]["separated"] and scores[None, 2.0]["auroc"] == 0.5  # all tied at 0
+    # every case is scored under its file's name, and the summary figures are those of the per-case scores
+    for row in results["score"]:
+        assert set(row["scores"]) == case_names
+        assert max(row["scores"][name] for name in healthy_names) == row["normal_max"]
+        assert min(row["scores"][name] for name in case_names - healthy_names) == row["lesion_min"]
     assert scores[None, 0.0]["lesion_min"] > 0 and scores[None, 0.0]["normal_max"] > 0
     # without erosion, a threshold of 0 counts every voxel of the volume, or of the smaller search region
     assert 0 < scores[10, 0.0]["normal_max"] < scores[None, 0.0]["normal_max"]

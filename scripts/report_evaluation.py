@@ -39,6 +39,7 @@ HEALTHY_WITH_REGION_SHARE = 0.1
 RUN_NAMES = (
     "default",
     "search_region_off",
+    "label_map_only",
     "parametric",
     "parametric_search_region_off",
     "mirror",

@@ -12,7 +12,8 @@ Every run is ``python -m monai.bundle run`` of the evaluation overlay (``configs
 2. ``validation``: the tuning set (never the evaluation set), whose ``metrics.json`` fixes both threshold rules of
    every map (``bundle.evaluation.read_fixed_thresholds``);
 3. the held-out runs with those thresholds (``RUNS``): the default configuration, the anatomical search region off,
-   and both again on the parametric phantoms; then left-right mirror averaging (``mirror_axes``, off by default) on
+   the label map alone (the CBCT left out, as a user without the raw scan runs the bundle), the first two again on
+   the parametric phantoms; then left-right mirror averaging (``mirror_axes``, off by default) on
    both sets;
 4. ``vqvae``: the VQ-VAE baseline trained on the same data (paper section 5.1), when its packaged weights exist
    (``--vqvae_checkpoint``; docs/demo_weights.md says how they are made). Its thresholds would need its own
@@ -118,6 +119,14 @@ VALIDATION = Run("validation", "tuning set (validation of the threshold rules)",
 RUNS = (
     Run("default", "held-out shapes, default configuration (search region on)", EVALUATION_SET),
     Run("search_region_off", "held-out shapes, search region off", EVALUATION_SET, {"use_search_region": "false"}),
+    # the label map alone, as a user without the raw scan runs it: the CBCT is dropped before it is read, so the
+    # soft-tissue avoidance has nothing to trim
+    Run(
+        "label_map_only",
+        "held-out shapes, label map only (no CBCT, so no soft-tissue avoidance)",
+        EVALUATION_SET,
+        {"cbct_preprocessing": "{'_target_': 'DeleteItemsd', 'keys': 'cbct'}"},
+    ),
     Run("parametric", "parametric (0.2) phantoms, search region on", PARAMETRIC_SET),
     Run(
         "parametric_search_region_off",

@@ -3,9 +3,13 @@ are not the ones it specifies."""
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 import pytest
+import torch
+from monai.bundle import ConfigParser
 
 from jaw_phantoms.writing import plan_cases
 from scripts.run_evaluation import (
@@ -20,6 +24,8 @@ from scripts.run_evaluation import (
     keep_previous_run,
     vqvae_run,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_run_commands_are_the_documented_overlay_with_thresholds_from_the_validation_run(tmp_path):
@@ -78,3 +84,22 @@ def test_a_kept_baseline_run_is_reported_under_its_recorded_version(tmp_path):
     evaluation.write_text(json.dumps({"default": {}}))
     with pytest.raises(SystemExit, match=r"evaluation\.json: no run 'vqvae' to keep"):
         keep_previous_run(evaluation, "vqvae", tmp_path / "runs")
+
+
+def test_the_label_map_only_run_drops_the_cbct_before_it_is_read(phantom_dataset):
+    (run,) = [run for run in RUNS if run.name == "label_map_only"]
+    entry = json.loads((phantom_dataset / "datalist.json").read_text())["validation"][0]
+    item = {"image": str(phantom_dataset / entry["image"]), "cbct": str(phantom_dataset / entry["cbct"])}
+
+    def preprocessed(**overrides) -> dict:
+        parser = ConfigParser()
+        parser.read_config([str(ROOT / "configs" / "inference.json"), str(ROOT / "configs" / "evaluate.json")])
+        parser.update({"bundle_root": str(ROOT), **overrides})
+        return parser.get_parsed_content("preprocessing")(dict(item))
+
+    with_cbct = preprocessed()
+    assert with_cbct["cbct"].shape == with_cbct["image"].shape  # the other runs read and resample it
+    # the override as `monai.bundle run` receives it (python-fire turns the text into the dict)
+    label_map_only = preprocessed(cbct_preprocessing=ast.literal_eval(run.overrides["cbct_preprocessing"]))
+    assert "cbct" not in label_map_only
+    assert torch.equal(label_map_only["image"], with_cbct["image"])

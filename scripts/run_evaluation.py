@@ -13,8 +13,7 @@ Every run is ``python -m monai.bundle run`` of the evaluation overlay (``configs
    every map (``bundle.evaluation.read_fixed_thresholds``);
 3. the held-out runs with those thresholds (``RUNS``): the default configuration, the anatomical search region off,
    the label map alone (the CBCT left out, as a user without the raw scan runs the bundle), the first two again on
-   the parametric phantoms; then left-right mirror averaging (``mirror_axes``, off by default) on
-   both sets;
+   the parametric phantoms; then left-right mirror averaging (``mirror_axes``, off by default) on both sets;
 4. ``vqvae``: the VQ-VAE baseline trained on the same data (paper section 5.1), when its packaged weights exist
    (``--vqvae_checkpoint``; docs/demo_weights.md says how they are made). Its thresholds would need its own
    validation run, so none are applied. Without the weights, ``--keep_vqvae`` reports the ``vqvae`` run of the

@@ -69,8 +69,9 @@ def test_sweeps_inferer_postprocessing_and_score(tuning_set, tiny_weights, tmp_p
     assert tune_postprocessing.main(argv) == 0
     results = json.loads(output.read_text())
     entries = json.loads(tuning_set.read_text())["test"]
-    case_names = {Path(entry["image"]).name.removesuffix(".nii.gz") for entry in entries}
-    healthy_names = {Path(e["image"]).name.removesuffix(".nii.gz") for e in entries if e["lesion"] == "none"}
+    names = {Path(entry["image"]).name.removesuffix(".nii.gz"): entry["lesion"] for entry in entries}
+    case_names = set(names)
+    healthy_names = {name for name, lesion in names.items() if lesion == "none"}
     assert len(case_names) == 2 and len(healthy_names) == 1
     assert results["overrides"] == {"generator_def": INFERENCE_GENERATOR}  # what was tuned is on record
     assert [(r["overlap"], r["mode"]) for r in results["inferer"]] == [(0.0, "constant"), (0.25, "constant")]

@@ -34,6 +34,7 @@ import numpy as np
 from jaw_phantoms import lesions, parametric
 from jaw_phantoms.anatomy import AnatomyOptions
 from jaw_phantoms.phantom import JawPhantom, make_phantom
+from jaw_phantoms.segmentation_errors import SegmentationErrors, apply_segmentation_errors
 
 _GZIP_LEVEL = 6
 
@@ -238,11 +239,15 @@ def make_phantom_set(
     style: str = "real_mandible",
     lesion_kinds: tuple[str, ...] | None = None,
     lesion_volume_range_ml: tuple[float, float] | None = None,
+    segmentation_errors: SegmentationErrors | None = None,
     preview: bool = True,
     overwrite: bool = False,
     log=print,
 ) -> Path:
     """Generate the data set into ``output_dir`` and return the path of its ``datalist.json``.
+
+    With ``segmentation_errors``, every label map (the model's input) carries them, drawn from the subject's seed;
+    CBCT, truth and intact map are those of the exact phantom.
 
     Files are written into a temporary sibling folder that is renamed at the end, so an interrupted or failed run
     leaves ``output_dir`` as it was. A non-empty ``output_dir`` is refused unless ``overwrite`` is set.
@@ -281,6 +286,10 @@ def make_phantom_set(
         preview_cases = []
         for plan in plans:
             phantom = generate(plan, style, lesion_volume_range_ml)
+            if segmentation_errors is not None and segmentation_errors.changes_labels:
+                phantom.labels = apply_segmentation_errors(
+                    phantom.labels, phantom.spacing, segmentation_errors, plan.seed
+                )
             datalist[plan.split].append(write_case(phantom, plan, staging))
             if plan.name in shown:
                 preview_cases.append((plan, phantom))

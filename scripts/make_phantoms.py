@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jaw_phantoms.segmentation_errors import SegmentationErrors  # noqa: E402
 from jaw_phantoms.writing import ANISOTROPIC_FACTORS, STYLES, make_phantom_set  # noqa: E402
 
 
@@ -66,6 +67,15 @@ def main(argv: list[str] | None = None) -> int:
         help="draw every ONJ lesion's volume log-uniformly in [MIN, MAX] cm^3 (real-mandible style; default 0.5-10, "
         "ramus 0.5-4), e.g. a tuning set of small lesions",
     )
+    parser.add_argument(
+        "--segmentation_errors",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        help="segmentation errors in every label map (not in CBCT, truth or intact map), e.g. islands=10 "
+        "boundary_jitter_mm=0.5 bone_holes=5 canal_gaps=4 island_radius_mm=1,2.5; names and meaning: "
+        "jaw_phantoms/segmentation_errors.py (default: none)",
+    )
     parser.add_argument("--no_preview", action="store_true", help="skip preview.png")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--quiet", action="store_true", help="print only the datalist path")
@@ -73,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     # a terminated run unwinds like an interrupted one, so the staging folder is removed
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
+        segmentation_errors = SegmentationErrors.parse(args.segmentation_errors)
         datalist = make_phantom_set(
             args.output_dir,
             train_subjects=args.train_subjects,
@@ -86,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             style=args.style,
             lesion_kinds=tuple(args.lesion_kinds) if args.lesion_kinds else None,
             lesion_volume_range_ml=tuple(args.lesion_volume_ml) if args.lesion_volume_ml else None,
+            segmentation_errors=segmentation_errors,
             preview=not args.no_preview,
             overwrite=args.overwrite,
             log=(lambda message: None) if args.quiet else print,

@@ -30,6 +30,10 @@ class SegmentationErrors:
     """Which errors to apply and how large (millimetres at the native grid); the defaults change nothing.
 
     Args:
+        mandible_thinning_mm: the mandible's outer surface moved inwards by this much (mandible voxels within it of
+            the background relabelled background; faces on teeth and canal stay), as a segmenter that labels bone
+            tightly would. The bank's mandibles are thicker than the real map's (docs/phantoms.md), so this also
+            moves a phantom towards it.
         boundary_jitter_mm: standard deviation, along each axis, of a smooth random displacement (correlation length
             4 mm, cut at twice the deviation) through which the whole label map is resampled (nearest label): every
             boundary moves, thin walls may break or merge.
@@ -44,6 +48,7 @@ class SegmentationErrors:
         canal_gap_mm: length of canal each gap takes.
     """
 
+    mandible_thinning_mm: float = 0.0
     boundary_jitter_mm: float = 0.0
     islands: int = 0
     island_radius_mm: tuple[float, float] = (1.0, 2.5)
@@ -54,7 +59,15 @@ class SegmentationErrors:
     canal_gap_mm: float = 6.0
 
     def __post_init__(self) -> None:
-        for name in ("boundary_jitter_mm", "islands", "island_reach_mm", "bone_holes", "canal_gaps", "canal_gap_mm"):
+        for name in (
+            "mandible_thinning_mm",
+            "boundary_jitter_mm",
+            "islands",
+            "island_reach_mm",
+            "bone_holes",
+            "canal_gaps",
+            "canal_gap_mm",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"segmentation error {name} must be >= 0, got {getattr(self, name)}")
         for name in ("island_radius_mm", "hole_radius_mm"):
@@ -64,7 +77,9 @@ class SegmentationErrors:
 
     @property
     def changes_labels(self) -> bool:
-        return bool(self.boundary_jitter_mm or self.islands or self.bone_holes or self.canal_gaps)
+        return bool(
+            self.mandible_thinning_mm or self.boundary_jitter_mm or self.islands or self.bone_holes or self.canal_gaps
+        )
 
     @classmethod
     def parse(cls, settings: list[str]) -> "SegmentationErrors":
@@ -94,12 +109,18 @@ def apply_segmentation_errors(
 ) -> np.ndarray:
     """A copy of the int (X, Y, Z) ``labels`` at ``spacing`` mm with ``errors`` applied, drawn from ``seed`` alone.
 
-    Order: boundary jitter, canal gaps, bone holes, islands (islands last, so they stay where they were placed).
+    Order: mandible thinning, boundary jitter, canal gaps, bone holes, islands (islands last, so they stay where
+    they were placed).
     Kinds that find no room (no canal, no bone deep enough) are skipped rather than refused: a field of view may
     lack them."""
     spacing = np.asarray(spacing, dtype=float)
     rng = np.random.default_rng([seed, 20])
     out = labels.copy()
+    if errors.mandible_thinning_mm > 0:
+        mandible = out == MANDIBLE
+        out[
+            mandible & (ndimage.distance_transform_edt(out != OTHER, sampling=spacing) <= errors.mandible_thinning_mm)
+        ] = OTHER
     if errors.boundary_jitter_mm > 0:
         out = _jitter_boundaries(out, spacing, errors.boundary_jitter_mm, rng)
     if errors.canal_gaps:

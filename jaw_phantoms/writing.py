@@ -25,7 +25,7 @@ import gzip
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -55,6 +55,7 @@ LESION_CYCLE = {
     "parametric": ("onj", "teeth_and_jaw_removed"),
 }
 DATALIST_NAME = "datalist.json"
+SEGMENTATION_ERRORS_KEY = "segmentation_errors"
 PREVIEW_NAME = "preview.png"
 ANISOTROPIC_FACTORS = (0.8, 0.8, 1.2)
 _PREVIEW_SUBJECTS = 4
@@ -247,7 +248,8 @@ def make_phantom_set(
     """Generate the data set into ``output_dir`` and return the path of its ``datalist.json``.
 
     With ``segmentation_errors``, every label map (the model's input) carries them, drawn from the subject's seed;
-    CBCT, truth and intact map are those of the exact phantom.
+    CBCT, truth and intact map are those of the exact phantom. The datalist records them under
+    ``SEGMENTATION_ERRORS_KEY`` (a key ``load_decathlon_datalist`` never reads).
 
     Files are written into a temporary sibling folder that is renamed at the end, so an interrupted or failed run
     leaves ``output_dir`` as it was. A non-empty ``output_dir`` is refused unless ``overwrite`` is set.
@@ -297,6 +299,8 @@ def make_phantom_set(
         if not any(p.lesion != "none" for p in plans):
             (staging / "truth").rmdir()
             (staging / "intact").rmdir()
+        if segmentation_errors is not None and segmentation_errors.changes_labels:
+            datalist[SEGMENTATION_ERRORS_KEY] = asdict(segmentation_errors)
         (staging / DATALIST_NAME).write_text(json.dumps(datalist, indent=4) + "\n")
         if preview_cases:
             write_preview(preview_cases, staging / PREVIEW_NAME)

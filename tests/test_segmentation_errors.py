@@ -74,6 +74,18 @@ def test_canal_gaps_turn_canal_into_mandible_and_break_it(labels):
     assert ndimage.label(out == CANAL, structure=np.ones((3, 3, 3)))[1] > before_pieces
 
 
+def test_thinning_takes_the_mandible_surface_facing_the_background_only(labels):
+    out = apply_segmentation_errors(labels, SPACING, SegmentationErrors(mandible_thinning_mm=1.5), 5)
+    changed = _changed(labels, out)
+    assert np.all(labels[tuple(changed.T)] == MANDIBLE) and np.all(out[tuple(changed.T)] == OTHER)
+    distance = ndimage.distance_transform_edt(labels != OTHER, sampling=SPACING)
+    assert distance[tuple(changed.T)].max() <= 1.5
+    # the whole outer layer goes, nothing deeper: every mandible voxel one voxel from the background is taken
+    surface = (labels == MANDIBLE) & (distance <= SPACING[0])
+    assert np.array_equal(surface, (labels == MANDIBLE) & (out == OTHER))
+    assert 0.2 < surface.sum() / np.sum(labels == MANDIBLE) < 0.8
+
+
 def test_boundary_jitter_moves_boundaries_by_at_most_twice_the_deviation(labels):
     deviation = 0.75
     out = apply_segmentation_errors(labels, SPACING, SegmentationErrors(boundary_jitter_mm=deviation), 5)

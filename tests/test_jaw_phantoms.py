@@ -175,3 +175,15 @@ def test_realism_table_and_figure_come_from_the_script(tmp_path):
     assert "| mandible | volume (cm^3) | 38.7 |" in text and "symphysis height" in text
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert phantom_realism.main(["--count", "0", "--markdown", str(table), "--figure", str(figure)]) == 2
+    thinned = ["--segmentation_errors", "mandible_thinning_mm=1.0"]
+    assert phantom_realism.main(["--count", "1", "--markdown", str(table), "--figure", str(figure), *thinned]) == 0
+    (mandible,) = [line.split(" | ") for line in table.read_text().splitlines() if line.startswith("| mandible | vol")]
+    assert "bank phantoms with mandible_thinning_mm=1.0" in table.read_text()
+    exact, thin = float(mandible[3].split("-")[0]), float(mandible[4].split("-")[0])
+    assert len(mandible) == 6 and thin < 0.85 * exact
+    assert (
+        phantom_realism.main(
+            ["--count", "1", "--markdown", str(table), "--figure", str(figure), "--segmentation_errors", "x=1"]
+        )
+        == 2
+    )

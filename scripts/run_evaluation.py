@@ -35,10 +35,14 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from jaw_phantoms.writing import DATALIST_NAME, make_phantom_set, plan_cases
+import nibabel as nib
+import numpy as np
+
+from jaw_phantoms.segmentation_errors import SegmentationErrors
+from jaw_phantoms.writing import DATALIST_NAME, SEGMENTATION_ERRORS_KEY, make_phantom_set, plan_cases
 from scripts import report_evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,13 +52,16 @@ CONFIGS = "['configs/inference.json','configs/evaluate.json']"
 @dataclass(frozen=True)
 class PhantomSet:
     """A held-out phantom set: ``scripts/make_phantoms.py <folder> --train_subjects 0 --val_subjects 0
-    --test_subjects <subjects> --lesion_fraction 0.5 --seed <seed> --style <style> [--lesion_kinds ...]``."""
+    --test_subjects <subjects> --lesion_fraction 0.5 --seed <seed> --style <style> --spacing <spacing>
+    [--lesion_kinds ...] [--segmentation_errors ...]``."""
 
     folder: str
     subjects: int
     seed: int
     style: str = "real_mandible"
     lesion_kinds: tuple[str, ...] | None = None
+    spacing: float = 1.0
+    segmentation_errors: SegmentationErrors = SegmentationErrors()
 
     def datalist(self, root: Path) -> Path:
         return root / self.folder / DATALIST_NAME
@@ -66,7 +73,7 @@ class PhantomSet:
             val_subjects=0,
             test_subjects=self.subjects,
             lesion_fraction=0.5,
-            spacing=1.0,
+            spacing=self.spacing,
             anisotropic_fraction=0.25,
             lps_fraction=0.25,
             seed=self.seed,
@@ -75,17 +82,40 @@ class PhantomSet:
         )
 
     def is_current(self, root: Path) -> bool:
-        """Whether the set on disk is this one: the same subjects and lesion kinds, with the intact maps that the
-        reconstruction experiment needs (a set made by an older generator, or with other options, is not)."""
+        """Whether the set on disk is this one: the same subjects, lesion kinds, spacings and segmentation errors,
+        with the intact maps that the reconstruction experiment needs (a set made by an older generator, or with other
+        options, is not)."""
         try:
-            entries = json.loads(self.datalist(root).read_text())["test"]
+            datalist = json.loads(self.datalist(root).read_text())
+            entries = datalist["test"]
         except (OSError, ValueError, KeyError):
             return False
-        expected = [(plan.seed, plan.lesion, plan.lesion != "none") for plan in plan_cases(**self.plan())]
-        return [(entry.get("seed"), entry.get("lesion"), "intact" in entry) for entry in entries] == expected
+        errors = asdict(self.segmentation_errors) if self.segmentation_errors.changes_labels else None
+        if _as_recorded(datalist.get(SEGMENTATION_ERRORS_KEY)) != errors:
+            return False
+        plans = plan_cases(**self.plan())
+        expected = [(plan.seed, plan.lesion, plan.lesion != "none") for plan in plans]
+        if [(entry.get("seed"), entry.get("lesion"), "intact" in entry) for entry in entries] != expected:
+            return False
+        try:  # the spacing, from the headers alone
+            spacings = [nib.load(self.datalist(root).parent / entry["image"]).header.get_zooms() for entry in entries]
+        except (OSError, ValueError, KeyError):
+            return False
+        return all(np.allclose(found, plan.spacing, atol=1e-4) for found, plan in zip(spacings, plans))
 
     def make(self, root: Path) -> Path:
-        return make_phantom_set(root / self.folder, **self.plan(), preview=False, overwrite=True)
+        return make_phantom_set(
+            root / self.folder,
+            **self.plan(),
+            segmentation_errors=self.segmentation_errors,
+            preview=False,
+            overwrite=True,
+        )
+
+
+def _as_recorded(errors: dict | None) -> dict | None:
+    """Segmentation errors as read back from a datalist (JSON has lists where the dataclass has tuples)."""
+    return None if errors is None else {name: tuple(v) if isinstance(v, list) else v for name, v in errors.items()}
 
 
 # every site of the breakdown: mandible body (ONJ, the paper's removal), ramus, maxilla
@@ -93,6 +123,22 @@ EVALUATION_SET = PhantomSet(
     "data/phantoms_eval", 44, 777, lesion_kinds=("onj", "teeth_and_jaw_removed", "onj_ramus", "onj_maxilla")
 )
 PARAMETRIC_SET = PhantomSet("data/phantoms_eval_parametric", 44, 778, "parametric")
+# the evaluation set's subjects again, at the real maps' resolution (0.5 mm; 0.4 x 0.4 x 0.6 mm for a quarter) ...
+EVALUATION_SET_05MM = PhantomSet(
+    "data/phantoms_eval_05mm", 44, 777, lesion_kinds=EVALUATION_SET.lesion_kinds, spacing=0.5
+)
+# ... and with an automatic segmenter's errors in their label maps (stress levels, jaw_phantoms/segmentation_errors.py),
+# the mandible thinned towards the real map's thickness
+SEGMENTATION_ERRORS = SegmentationErrors(
+    mandible_thinning_mm=1.0, boundary_jitter_mm=0.5, islands=10, bone_holes=5, canal_gaps=4
+)
+EVALUATION_SET_ERRORS = PhantomSet(
+    "data/phantoms_eval_segmentation_errors",
+    44,
+    777,
+    lesion_kinds=EVALUATION_SET.lesion_kinds,
+    segmentation_errors=SEGMENTATION_ERRORS,
+)
 TUNING_SET = PhantomSet("data/phantoms_tune40", 40, 555)
 
 
@@ -125,6 +171,13 @@ RUNS = (
         "held-out shapes, label map only (no CBCT, so no soft-tissue avoidance)",
         EVALUATION_SET,
         {"cbct_preprocessing": "{'_target_': 'DeleteItemsd', 'keys': 'cbct'}"},
+    ),
+    Run("native_05mm", "held-out shapes at 0.5 mm (the real maps' resolution)", EVALUATION_SET_05MM),
+    Run(
+        "segmentation_errors",
+        "held-out shapes with a thinner mandible and segmentation errors in the label map (mandible 1 mm thinner, "
+        "jitter 0.5 mm, 10 islands, 5 holes, 4 canal gaps)",
+        EVALUATION_SET_ERRORS,
     ),
     Run("parametric", "parametric (0.2) phantoms, search region on", PARAMETRIC_SET),
     Run(

@@ -11,6 +11,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from jaw_phantoms.segmentation_errors import SegmentationErrors
 from jaw_phantoms.writing import plan_cases
 from scripts.run_evaluation import (
     EVALUATION_SET,
@@ -60,6 +61,42 @@ def test_a_phantom_set_is_current_only_with_its_subjects_kinds_and_intact_maps(t
         entry.pop("intact", None)  # a set written before the generator kept intact maps
     datalist.write_text(json.dumps(entries))
     assert not tiny.is_current(tmp_path)
+
+
+def test_sets_differing_only_in_spacing_or_segmentation_errors_are_told_apart(tmp_path):
+    errors = SegmentationErrors(islands=3)
+    noisy = PhantomSet("set", 2, 5, lesion_kinds=("onj",), spacing=2.0, segmentation_errors=errors)
+    noisy.make(tmp_path)
+    assert noisy.is_current(tmp_path)
+    assert not PhantomSet("set", 2, 5, lesion_kinds=("onj",), spacing=2.0).is_current(tmp_path)
+    other = SegmentationErrors(islands=3, island_radius_mm=(1.0, 2.0))
+    assert not PhantomSet("set", 2, 5, lesion_kinds=("onj",), spacing=2.0, segmentation_errors=other).is_current(
+        tmp_path
+    )
+    assert not PhantomSet("set", 2, 5, lesion_kinds=("onj",), spacing=1.5, segmentation_errors=errors).is_current(
+        tmp_path
+    )
+    # the same subjects as the set without errors, with the same files beside the label maps
+    exact = PhantomSet("exact", 2, 5, lesion_kinds=("onj",), spacing=2.0)
+    exact.make(tmp_path)
+    assert (
+        json.loads(noisy.datalist(tmp_path).read_text())["test"]
+        == json.loads(exact.datalist(tmp_path).read_text())["test"]
+    )
+
+
+def test_the_extra_held_out_runs_take_the_evaluation_subjects_under_other_input_conditions():
+    runs = {run.name: run.phantoms for run in RUNS}
+    for name in ("native_05mm", "segmentation_errors"):
+        phantoms = runs[name]
+        assert (phantoms.subjects, phantoms.seed, phantoms.lesion_kinds) == (
+            EVALUATION_SET.subjects,
+            EVALUATION_SET.seed,
+            EVALUATION_SET.lesion_kinds,
+        )
+        assert phantoms.folder != EVALUATION_SET.folder
+    assert runs["native_05mm"].spacing == 0.5 and not runs["native_05mm"].segmentation_errors.changes_labels
+    assert runs["segmentation_errors"].spacing == 1.0 and runs["segmentation_errors"].segmentation_errors.changes_labels
 
 
 def test_the_tuning_set_shares_no_subject_with_the_held_out_sets():

@@ -9,6 +9,7 @@ subject scores that :class:`bundle.scoring.SubjectScored` put in the data into t
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,16 @@ from scipy import ndimage
 from bundle.outputs import case_name
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+def cbct_source(cbct: Any) -> str | None:
+    """Source file of a case's CBCT (a MetaTensor's ``filename_or_obj`` or a path); ``""`` for an array without
+    one, ``None`` when the case has no CBCT."""
+    if cbct is None:
+        return None
+    if isinstance(cbct, (str, Path)):
+        return str(cbct)
+    return str(getattr(cbct, "meta", {}).get("filename_or_obj", ""))
 
 
 def crop_to_regions(regions: np.ndarray, affine: np.ndarray) -> tuple[tuple[slice, slice, slice], np.ndarray]:
@@ -83,10 +94,12 @@ class RegionStatisticsd(MapTransform):
 
 class CaseReportd(MapTransform):
     """Gather one case's report under ``report_key``: case name and input file (from ``keys``, the input image),
-    the subject scores, the regions, the settings and the model.
+    the CBCT file (``null`` for a case given only its label map, which then gets the ``label_map_only_*``
+    settings), the subject scores, the regions, the settings and the model.
 
     Args:
         keys: the input image (its meta data name the case).
+        cbct_key: the optional raw CBCT; its source file is recorded under ``cbct``.
         scores: report name -> data key of each subject score (python numbers, e.g. written by
             :class:`bundle.scoring.SubjectScored`).
         score_settings: recorded beside the scores (the paper's score threshold and erosion).
@@ -107,8 +120,10 @@ class CaseReportd(MapTransform):
         model_version: str = "",
         model_sha256: str = "",
         report_key: str = "report",
+        cbct_key: str = "cbct",
     ) -> None:
         super().__init__(keys)
+        self.cbct_key = cbct_key
         self.scores, self.regions_key = dict(scores), regions_key
         self.score_settings, self.settings = dict(score_settings or {}), dict(settings or {})
         self.model = {"version": model_version, "sha256": model_sha256}
@@ -121,6 +136,7 @@ class CaseReportd(MapTransform):
             d[self.report_key] = {
                 "case": case_name(d[key]),
                 "input": str(d[key].meta.get("filename_or_obj", "")),
+                "cbct": cbct_source(d.get(self.cbct_key)),
                 "subject_score": {
                     **{name: d[score_key] for name, score_key in self.scores.items()},
                     **self.score_settings,

@@ -106,8 +106,12 @@ def tiny_training_overlay(phantom_dataset):
 # One thread per process (tests run side by side on a shared machine); the thread count also changes float rounding,
 # so runs whose outputs are compared bit for bit must use the same count.
 SINGLE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-# a low threshold and no tissue or size filter, so that random weights produce regions (and STL files) to export
-PERMISSIVE = ("--segmentation_threshold", "1e-6", "--max_tissue_fraction", "1.0", "--min_region_mm3", "0")
+# a low threshold and no tissue or size filter, so that random weights produce regions (and STL files) to export,
+# with or without a CBCT
+PERMISSIVE = (
+    *("--segmentation_threshold", "1e-6", "--max_tissue_fraction", "1.0", "--min_region_mm3", "0"),
+    *("--label_map_only_segmentation_threshold", "1e-6", "--label_map_only_min_region_mm3", "0"),
+)
 CASES = ("jaw_a", "jaw_b", "jaw_c")
 
 

@@ -77,6 +77,7 @@ def test_inference_from_another_directory_with_bundle_root(tmp_path):
     _bundle_run(["--config_file", str(CONFIGS / "inference.json"), "--output_dir", str(output)], cwd=elsewhere)
     report = json.loads((output / "onj_phantom_labels" / "report.json").read_text())
     assert report["model"]["version"] == _config("metadata.json")["version"]
+    assert Path(report["cbct"]).resolve() == ROOT / "docs" / "sample" / "onj_phantom_cbct.nii.gz"  # the sample's own
     assert (output / "onj_phantom_labels" / "wound_segmentation.nii.gz").is_file()
     assert list(elsewhere.iterdir()) == []
 

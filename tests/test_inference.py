@@ -16,7 +16,7 @@ from monai.bundle import ConfigWorkflow
 from monai.transforms import LoadImage
 
 from jaw_phantoms.writing import make_phantom_set
-from tests.conftest import INFERENCE_GENERATOR, jaw_label_map
+from tests.conftest import INFERENCE_GENERATOR, PERMISSIVE, jaw_label_map
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_GENERATOR = json.dumps(INFERENCE_GENERATOR)
@@ -41,10 +41,6 @@ def run_permissive(label_map: Path, weights: Path, output: Path, *overrides: str
     """The case through the CLI with the tiny weights and ``PERMISSIVE``, plus ``overrides``."""
     arguments = ("--input", str(label_map), "--checkpoint", str(weights), "--output_dir", str(output))
     return run_inference(*arguments, *PERMISSIVE, *overrides)
-
-
-# a low threshold and no tissue or size filter, so that random weights produce regions to export
-PERMISSIVE = ("--segmentation_threshold", "1e-6", "--max_tissue_fraction", "1.0", "--min_region_mm3", "0")
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +84,8 @@ def test_inference_writes_every_output_in_the_input_grid(default_case, label_map
     config = json.loads((ROOT / "configs" / "inference.json").read_text())
     for name in ("search_region_mm", "search_region_g2_threshold"):
         assert report["thresholds"][name] == config[name]
+    # a label map without its CBCT: the report says so, and which settings such a case gets
+    assert report["cbct"] is None and report["thresholds"]["label_map_only_segmentation_threshold"] == 1e-6
     assert len(report["model"]["sha256"]) == 64
     assert (case / "overview.png").stat().st_size > 10_000
     assert not list(output.glob(".*"))  # no partial folder left

@@ -149,6 +149,8 @@ def overrides(draw) -> dict:
         "grow_tissue_threshold": st.floats(0.0, 1.0),
         "grow_steps": st.integers(0, 6),
         "min_region_mm3": st.sampled_from([0.0, 1.0, 10.0]),
+        "label_map_only_segmentation_threshold": st.floats(0.0, 1.0),
+        "label_map_only_min_region_mm3": st.sampled_from([0.0, 1.0, 10.0]),
     }
     return {name: draw(value) for name, value in candidates.items() if draw(st.booleans())}
 
@@ -319,7 +321,8 @@ def test_segmentation_steps_keep_regions_in_the_search_region_and_off_present_ti
         assert inside.all()
     voxel_mm3 = float(np.prod(affine_to_spacing(case["image"].affine.numpy(), r=3)))
     sizes = np.bincount(regions.ravel())[1:]
-    assert np.all(sizes * voxel_mm3 >= config.get_parsed_content("min_region_mm3") * (1 - 1e-9))
+    min_region = "min_region_mm3" if "cbct" in case else "label_map_only_min_region_mm3"
+    assert np.all(sizes * voxel_mm3 >= config.get_parsed_content(min_region) * (1 - 1e-9))
     # the tissue filter runs again after the soft-tissue removal, which can drop a region's empty voxels; the
     # clipping to the search region after it removes only grown voxels, empty in the input
     assert np.all(tissue_fractions(regions, image) <= max_tissue_fraction)

@@ -42,6 +42,7 @@ RUN_NAMES = (
     "label_map_only",
     "native_05mm",
     "segmentation_errors",
+    "segmentation_errors_label_map_only",
     "parametric",
     "parametric_search_region_off",
     "mirror",
@@ -499,7 +500,7 @@ def render_results(runs: dict[str, dict], command: str, timing: dict | None) -> 
         "## Regenerate",
         "",
         "```bash",
-        "python -m scripts.run_evaluation   # phantom sets when missing, eight runs, this page, figures, metadata",
+        "python -m scripts.run_evaluation   # phantom sets when missing, every run, this page, figures, metadata",
         "```",
         "",
     ]

@@ -7,13 +7,15 @@ Every run is ``python -m monai.bundle run`` of the evaluation overlay (``configs
 
 1. the phantom sets, made when missing or not current (``PhantomSet.is_current``), with fixed seeds: the evaluation
    set on held-out mandible shapes with lesions at every site (``data/phantoms_eval``), the same count of version-0.2
-   parametric phantoms (``data/phantoms_eval_parametric``) and the tuning set of the post-processing defaults
+   parametric phantoms (``data/phantoms_eval_parametric``), the evaluation set's subjects at 0.5 mm and with
+   segmentation errors in their label maps, and the tuning set of the post-processing defaults
    (``data/phantoms_tune40``);
 2. ``validation``: the tuning set (never the evaluation set), whose ``metrics.json`` fixes both threshold rules of
    every map (``bundle.evaluation.read_fixed_thresholds``);
 3. the held-out runs with those thresholds (``RUNS``): the default configuration, the anatomical search region off,
-   the label map alone (the CBCT left out, as a user without the raw scan runs the bundle), the first two again on
-   the parametric phantoms; then left-right mirror averaging (``mirror_axes``, off by default) on both sets;
+   the label map alone (the CBCT left out, as a user without the raw scan runs the bundle), 0.5 mm, segmentation
+   errors with and without the CBCT, the first two again on the parametric phantoms; then left-right mirror
+   averaging (``mirror_axes``, off by default) on both sets;
 4. ``vqvae``: the VQ-VAE baseline trained on the same data (paper section 5.1), when its packaged weights exist
    (``--vqvae_checkpoint``; docs/demo_weights.md says how they are made). Its thresholds would need its own
    validation run, so none are applied. Without the weights, ``--keep_vqvae`` reports the ``vqvae`` run of the
@@ -23,7 +25,8 @@ Every run is ``python -m monai.bundle run`` of the evaluation overlay (``configs
    ``configs/metadata.json#eval_metrics`` and the model card's performance block.
 
 Run folders go to ``runs/evaluation/<run>/`` and are replaced (``--reuse_runs`` keeps those that finished, to resume
-an interrupted evaluation). About 16 minutes on 2 CPU cores for the eight runs of 40-44 subjects.
+an interrupted evaluation). About 20 minutes on 2 CPU cores for the eleven runs of 40-44 subjects (the sets, when missing, take longer:
+the 0.5 mm set about 20 minutes).
 """
 
 from __future__ import annotations
@@ -160,17 +163,18 @@ class Run:
     thresholds: bool = True
 
 
+# the label map alone, as a user without the raw scan runs it: the CBCT is dropped before it is read
+LABEL_MAP_ONLY = {"cbct_preprocessing": "{'_target_': 'DeleteItemsd', 'keys': 'cbct'}"}
 VALIDATION = Run("validation", "tuning set (validation of the threshold rules)", TUNING_SET, thresholds=False)
 RUNS = (
     Run("default", "held-out shapes, default configuration (search region on)", EVALUATION_SET),
     Run("search_region_off", "held-out shapes, search region off", EVALUATION_SET, {"use_search_region": "false"}),
-    # the label map alone, as a user without the raw scan runs it: the CBCT is dropped before it is read, so the
-    # soft-tissue avoidance has nothing to trim
     Run(
         "label_map_only",
-        "held-out shapes, label map only (no CBCT, so no soft-tissue avoidance)",
+        "held-out shapes, label map only (no CBCT: no soft-tissue avoidance, the label-map-only threshold and "
+        "smallest region)",
         EVALUATION_SET,
-        {"cbct_preprocessing": "{'_target_': 'DeleteItemsd', 'keys': 'cbct'}"},
+        LABEL_MAP_ONLY,
     ),
     Run("native_05mm", "held-out shapes at 0.5 mm (the real maps' resolution)", EVALUATION_SET_05MM),
     Run(
@@ -178,6 +182,13 @@ RUNS = (
         "held-out shapes with a thinner mandible and segmentation errors in the label map (mandible 1 mm thinner, "
         "jitter 0.5 mm, 10 islands, 5 holes, 4 canal gaps)",
         EVALUATION_SET_ERRORS,
+    ),
+    # what a user with only DentalSegmentator's map of a real scan runs: its errors, and no CBCT
+    Run(
+        "segmentation_errors_label_map_only",
+        "held-out shapes with the same segmentation errors, label map only",
+        EVALUATION_SET_ERRORS,
+        LABEL_MAP_ONLY,
     ),
     Run("parametric", "parametric (0.2) phantoms, search region on", PARAMETRIC_SET),
     Run(

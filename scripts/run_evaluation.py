@@ -25,8 +25,8 @@ Every run is ``python -m monai.bundle run`` of the evaluation overlay (``configs
    ``configs/metadata.json#eval_metrics`` and the model card's performance block.
 
 Run folders go to ``runs/evaluation/<run>/`` and are replaced (``--reuse_runs`` keeps those that finished, to resume
-an interrupted evaluation). About 22 minutes on 2 CPU cores for the eleven runs of 40-44 subjects (the sets, when missing, take longer:
-the 0.5 mm set about 20 minutes).
+an interrupted evaluation). About 22 minutes on 2 CPU cores for the eleven runs of 40-44 subjects (the sets, when
+missing, take longer: the 0.5 mm set about 20 minutes).
 """
 
 from __future__ import annotations

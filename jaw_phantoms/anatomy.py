@@ -12,7 +12,10 @@ on the alveolar crest, crest and base heights, where the teeth end, the condyles
   condyles: alveolar process, hard palate, maxillary sinuses (cavities), nasal cavity with septum and turbinates,
   orbits with their rims, zygomatic bones and arches, pterygoid plates, temporal bones with the glenoid fossae over
   the condyles, mastoids, sphenoid body, clivus, cranial floor and vault. The field of view decides how much of it a
-  phantom shows (``FIELDS_OF_VIEW``): from the lower jaw alone to the whole face.
+  phantom shows (``FIELDS_OF_VIEW``): from the lower jaw alone to the whole face;
+- **a joint space** keeps the lower jaw off the upper skull: the mandible meets the skull only across the
+  temporomandibular joint, so no upper-skull voxel lies within the subject's ``joint_space_mm`` of the mandible, its
+  teeth or canal (rasterisation removes the skull there).
 
 The subject frame is the shape's own millimetre frame (x right, y anterior, z superior). A random rigid pose puts the
 subject in the world (RAS millimetres); the voxel grid is axis-aligned in the world, as a scanner's is; a smooth
@@ -82,7 +85,11 @@ class AnatomyOptions:
     :data:`FIELDS_OF_VIEW`, or None to draw one per subject; ``missing_teeth_probability``: chance that a healthy
     subject lacks 1-3 teeth (healed sockets); ``pose_degrees`` / ``shift_mm``: largest rotation about each axis and
     shift of the subject in the scanner; ``deformation_mm``: largest amplitude of the smooth random deformation;
-    ``scale_range``: per-axis scale of the whole head; ``mirror_probability``: chance of reflecting the mandible.
+    ``scale_range``: per-axis scale of the whole head; ``mirror_probability``: chance of reflecting the mandible;
+    ``joint_space_mm``: range of the narrowest empty space between the lower jaw and the upper skull, drawn per
+    subject. CBCT studies of healthy joints measure mean anterior, superior and posterior joint spaces of about 1.3,
+    2.5 and 2.1 mm (Ikeda and Kawamura, Am J Orthod Dentofacial Orthop 2009; 135:495-501); elsewhere muscle lies
+    between the two bones. ``(0, 0)`` lets the two labels touch, as the phantoms did before version 0.10.0.
     """
 
     shape_split: str = "training"
@@ -93,6 +100,7 @@ class AnatomyOptions:
     deformation_mm: float = 2.5
     scale_range: tuple[float, float] = (0.93, 1.07)
     mirror_probability: float = 0.5
+    joint_space_mm: tuple[float, float] = (1.0, 3.0)
     bank_dir: Path = BANK_DIR
 
     def __post_init__(self) -> None:
@@ -107,6 +115,9 @@ class AnatomyOptions:
         low, high = self.scale_range
         if not 0.5 <= low <= high <= 2.0:
             raise ValueError(f"scale_range must satisfy 0.5 <= low <= high <= 2, got {self.scale_range}")
+        low, high = self.joint_space_mm
+        if not 0.0 <= low <= high <= 10.0:
+            raise ValueError(f"joint_space_mm must satisfy 0 <= low <= high <= 10, got {self.joint_space_mm}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -218,6 +229,7 @@ class JawSubject:
     field_of_view: str
     fov_centre: np.ndarray  # world millimetres
     fov_size: np.ndarray  # world millimetres (x, y, z); the scanner reconstructs the inscribed vertical cylinder
+    joint_space_mm: float  # narrowest empty space between the lower jaw and the upper skull
     options: AnatomyOptions = field(default_factory=AnatomyOptions)
 
     @property
@@ -275,6 +287,8 @@ def sample_subject(seed: int, options: AnatomyOptions | None = None) -> JawSubje
         field_of_view=field_of_view,
         fov_centre=rotation @ centre + translation,
         fov_size=size,
+        # its own stream, so that the other draws of a seed stay as they were before the joint space
+        joint_space_mm=float(np.random.default_rng([seed, 2]).uniform(*options.joint_space_mm)),
         options=options,
     )
 

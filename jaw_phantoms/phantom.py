@@ -141,8 +141,27 @@ def render(
     has_tooth = tooth_ids >= 0
     teeth_labels = np.array([t.label for t in subject.teeth], dtype=np.int16)
     labels[has_tooth] = teeth_labels[tooth_ids[has_tooth]]
+    _open_joint_space(labels, spacing_mm, subject.joint_space_mm)
     labels[~np.broadcast_to(grid.in_cylinder, grid.shape)] = OTHER
     return labels, tooth_ids, crown, occupancy, grid
+
+
+def _open_joint_space(labels: np.ndarray, spacing: np.ndarray, joint_space_mm: float) -> None:
+    """Turn the upper-skull voxels that lie within ``joint_space_mm`` of empty space from the lower jaw into
+    ``OTHER`` (in place): the skull solids are placed on the jaw's landmarks and may overlap it."""
+    if joint_space_mm <= 0.0:
+        return
+    jaw = np.isin(labels, (MANDIBLE, LOWER_TEETH, CANAL))
+    found = ndimage.find_objects(jaw.astype(np.uint8))
+    if not found:
+        return
+    # the distance runs between voxel centres: one voxel more than the empty space between the two surfaces
+    reach = joint_space_mm + float(spacing.mean())
+    margin = np.ceil(reach / spacing).astype(int) + 1
+    box = tuple(slice(max(s.start - m, 0), min(s.stop + m, n)) for s, m, n in zip(found[0], margin, labels.shape))
+    near_jaw = ndimage.distance_transform_edt(~jaw[box], sampling=spacing) < reach
+    region = labels[box]
+    region[near_jaw & (region == UPPER_SKULL)] = OTHER
 
 
 def synthesise_cbct(

@@ -56,6 +56,11 @@ LESION_CYCLE = {
 }
 DATALIST_NAME = "datalist.json"
 SEGMENTATION_ERRORS_KEY = "segmentation_errors"
+# what a seed draws, per style: raised whenever the same seed and options give another phantom, so that sets made
+# before are known to be stale. A datalist without the key is of revision 1; real_mandible 2: the joint space
+# between the lower jaw and the upper skull.
+GENERATOR_REVISION_KEY = "generator_revision"
+GENERATOR_REVISIONS = {"real_mandible": 2, "parametric": 1}
 PREVIEW_NAME = "preview.png"
 ANISOTROPIC_FACTORS = (0.8, 0.8, 1.2)
 _PREVIEW_SUBJECTS = 4
@@ -249,7 +254,8 @@ def make_phantom_set(
 
     With ``segmentation_errors``, every label map (the model's input) carries them, drawn from the subject's seed;
     CBCT, truth and intact map are those of the exact phantom. The datalist records them under
-    ``SEGMENTATION_ERRORS_KEY`` (a key ``load_decathlon_datalist`` never reads).
+    ``SEGMENTATION_ERRORS_KEY``, and the generator's revision of ``style`` under ``GENERATOR_REVISION_KEY`` (keys
+    ``load_decathlon_datalist`` never reads).
 
     Files are written into a temporary sibling folder that is renamed at the end, so an interrupted or failed run
     leaves ``output_dir`` as it was. A non-empty ``output_dir`` is refused unless ``overwrite`` is set.
@@ -283,7 +289,7 @@ def make_phantom_set(
     try:
         for folder in ("labels", "cbct", "truth", "intact"):
             (staging / folder).mkdir(parents=True)
-        datalist: dict[str, list[dict]] = {"training": [], "validation": [], "test": []}
+        datalist: dict = {"training": [], "validation": [], "test": []}
         shown = _preview_choice(plans) if preview else set()
         preview_cases = []
         for plan in plans:
@@ -301,6 +307,7 @@ def make_phantom_set(
             (staging / "intact").rmdir()
         if segmentation_errors is not None and segmentation_errors.changes_labels:
             datalist[SEGMENTATION_ERRORS_KEY] = asdict(segmentation_errors)
+        datalist[GENERATOR_REVISION_KEY] = GENERATOR_REVISIONS[style]
         (staging / DATALIST_NAME).write_text(json.dumps(datalist, indent=4) + "\n")
         if preview_cases:
             write_preview(preview_cases, staging / PREVIEW_NAME)

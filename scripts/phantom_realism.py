@@ -44,7 +44,9 @@ SPACING_MM = 1.0
 
 
 def measure(labels: np.ndarray, affine: np.ndarray) -> dict:
-    """Per-label volume (cm^3), world extent (mm), components; mandible half-thickness (mm)."""
+    """Per-label volume (cm^3), world extent (mm), components; mandible half-thickness (mm); the narrowest empty space
+    between the lower jaw (mandible, lower teeth, canal) and the upper skull (mm, voxel centres' distance less one
+    voxel; 0 where they touch)."""
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     voxel_ml = float(np.prod(spacing)) / 1000.0
     result = {}
@@ -59,6 +61,9 @@ def measure(labels: np.ndarray, affine: np.ndarray) -> dict:
         result[label] = (mask.sum() * voxel_ml, tuple(np.round(extent).astype(int)), components)
     thickness = ndimage.distance_transform_edt(labels == MANDIBLE, sampling=spacing)
     result["half_thickness"] = float(thickness.max())
+    to_jaw = ndimage.distance_transform_edt(~np.isin(labels, (MANDIBLE, LOWER_TEETH, CANAL)), sampling=spacing)
+    skull = labels == UPPER_SKULL
+    result["jaw_to_skull"] = float(to_jaw[skull].min() - spacing.mean()) if skull.any() else float("nan")
     return result
 
 
@@ -75,6 +80,8 @@ def summarise(measures: list[dict]) -> dict:
         )
     thickness = [m["half_thickness"] for m in measures]
     summary["half_thickness"] = f"{min(thickness):.1f}-{max(thickness):.1f}"
+    spaces = [m["jaw_to_skull"] for m in measures]
+    summary["jaw_to_skull"] = f"{min(spaces):.1f}-{max(spaces):.1f}"
     return summary
 
 
@@ -206,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(row("", "components", components, [column[label][2] for column in columns]))
     thickness = [column["half_thickness"] for column in columns]
     lines.append(row("mandible", "largest half-thickness (mm)", REAL_MANDIBLE_HALF_THICKNESS_MM, thickness))
+    spaces = [column["jaw_to_skull"] for column in columns]
+    lines.append(row("lower jaw to upper skull", "narrowest empty space (mm)", "not measured", spaces))
     blanks = [""] * (len(columns) - 1)
     lines.append(row("teeth", "teeth per subject (generator)", "", [f"{min(teeth)}-{max(teeth)}"] + blanks))
     lines.append(

@@ -45,7 +45,14 @@ import nibabel as nib
 import numpy as np
 
 from jaw_phantoms.segmentation_errors import SegmentationErrors
-from jaw_phantoms.writing import DATALIST_NAME, SEGMENTATION_ERRORS_KEY, make_phantom_set, plan_cases
+from jaw_phantoms.writing import (
+    DATALIST_NAME,
+    GENERATOR_REVISION_KEY,
+    GENERATOR_REVISIONS,
+    SEGMENTATION_ERRORS_KEY,
+    make_phantom_set,
+    plan_cases,
+)
 from scripts import report_evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,6 +99,8 @@ class PhantomSet:
             datalist = json.loads(self.datalist(root).read_text())
             entries = datalist["test"]
         except (OSError, ValueError, KeyError):
+            return False
+        if datalist.get(GENERATOR_REVISION_KEY, 1) != GENERATOR_REVISIONS[self.style]:
             return False
         errors = asdict(self.segmentation_errors) if self.segmentation_errors.changes_labels else None
         if _as_recorded(datalist.get(SEGMENTATION_ERRORS_KEY)) != errors:

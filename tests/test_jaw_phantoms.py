@@ -95,6 +95,29 @@ def test_a_face_phantom_has_every_structure_in_place(face_phantom):
     assert labels.shape[2] * 1.5 > 120.0
 
 
+def _empty_space_to_the_lower_jaw(labels: np.ndarray, spacing: float) -> float:
+    """Narrowest empty space, in mm, between the upper skull and the mandible, its teeth and canal."""
+    distance = ndimage.distance_transform_edt(~np.isin(labels, (MANDIBLE, LOWER_TEETH, CANAL)), sampling=spacing)
+    return float(distance[labels == UPPER_SKULL].min()) - spacing
+
+
+def test_a_joint_space_keeps_the_lower_jaw_off_the_skull(face_phantom):
+    # the same subject with the two labels allowed to touch shows where the skull solids overlap the jaw
+    touching = make_phantom(11, spacing=1.5, options=AnatomyOptions(field_of_view="face", joint_space_mm=(0.0, 0.0)))
+    assert _empty_space_to_the_lower_jaw(touching.labels, 1.5) == 0.0
+    joint_space = face_phantom.subject.joint_space_mm
+    assert 1.0 <= joint_space <= 3.0
+    assert _empty_space_to_the_lower_jaw(face_phantom.labels, 1.5) >= joint_space
+    # only upper-skull voxels near the jaw were removed, and they became background
+    changed = face_phantom.labels != touching.labels
+    assert changed.any()
+    assert np.all(touching.labels[changed] == UPPER_SKULL) and np.all(face_phantom.labels[changed] == 0)
+    near_jaw = ndimage.binary_dilation(np.isin(touching.labels, (MANDIBLE, LOWER_TEETH)), iterations=4)
+    assert np.all(near_jaw[changed])
+    with pytest.raises(ValueError, match="joint_space_mm"):
+        AnatomyOptions(joint_space_mm=(2.0, 1.0))
+
+
 def test_fields_of_view_go_from_the_lower_jaw_to_the_face():
     heights = {}
     for fov in ("lower_jaw", "jaws", "face"):
@@ -173,6 +196,8 @@ def test_realism_table_and_figure_come_from_the_script(tmp_path):
     assert phantom_realism.main(["--count", "1", "--markdown", str(table), "--figure", str(figure)]) == 0
     text = table.read_text()
     assert "| mandible | volume (cm^3) | 38.7 |" in text and "symphysis height" in text
+    (space,) = [line.split(" | ") for line in text.splitlines() if line.startswith("| lower jaw to upper skull |")]
+    assert float(space[3].split("-")[0]) >= sample_subject(0).joint_space_mm >= 1.0
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert phantom_realism.main(["--count", "0", "--markdown", str(table), "--figure", str(figure)]) == 2
     thinned = ["--segmentation_errors", "mandible_thinning_mm=1.0"]

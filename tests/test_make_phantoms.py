@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import benchmark_phantoms  # noqa: E402
 
 from jaw_phantoms import writing as make_phantoms  # noqa: E402
+from jaw_phantoms.writing import GENERATOR_REVISION_KEY, GENERATOR_REVISIONS  # noqa: E402
 
 # tiny sets: coarse native spacing keeps each subject well under a second
 TINY = dict(train_subjects=1, val_subjects=1, test_subjects=2, lesion_fraction=1.0, spacing=1.6, seed=2)
@@ -39,13 +40,15 @@ def tiny_set(tmp_path_factory) -> Path:
 
 def test_datalist_has_the_three_splits_and_relative_paths(tiny_set):
     datalist = json.loads((tiny_set / "datalist.json").read_text())
-    assert list(datalist) == ["training", "validation", "test"]
-    assert [len(datalist[k]) for k in datalist] == [1, 1, 2]
+    assert list(datalist) == ["training", "validation", "test", GENERATOR_REVISION_KEY]
+    assert datalist[GENERATOR_REVISION_KEY] == GENERATOR_REVISIONS["real_mandible"] == 2
+    splits = [datalist[key] for key in ("training", "validation", "test")]
+    assert [len(entries) for entries in splits] == [1, 1, 2]
     assert all(
         entry["lesion"] == "none" and "truth" not in entry and "intact" not in entry for entry in datalist["training"]
     )
     assert sorted(entry["lesion"] for entry in datalist["test"]) == ["onj", "teeth_and_jaw_removed"]
-    for entries in datalist.values():
+    for entries in splits:
         for entry in entries:
             assert isinstance(entry["seed"], int)
             for key in ("image", "cbct", "truth", "intact"):
@@ -60,7 +63,7 @@ def test_datalist_has_the_three_splits_and_relative_paths(tiny_set):
 def test_files_load_in_monai_with_the_planned_spacing_and_content(tiny_set):
     plans = make_phantoms.plan_cases(anisotropic_fraction=0.5, lps_fraction=0.5, **TINY)
     datalist = json.loads((tiny_set / "datalist.json").read_text())
-    entries = [entry for split in datalist.values() for entry in split]
+    entries = [entry for split in ("training", "validation", "test") for entry in datalist[split]]
     assert {plan.spacing for plan in plans} == {(1.6, 1.6, 1.6), (1.28, 1.28, 1.92)}
     assert {plan.axcodes for plan in plans} == {"RAS", "LPS"}
     loader = LoadImage(image_only=True)

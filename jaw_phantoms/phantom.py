@@ -147,8 +147,8 @@ def render(
 
 
 def _open_joint_space(labels: np.ndarray, spacing: np.ndarray, joint_space_mm: float) -> None:
-    """Turn the upper-skull voxels that lie within ``joint_space_mm`` of empty space from the lower jaw into
-    ``OTHER`` (in place): the skull solids are placed on the jaw's landmarks and may overlap it."""
+    """Turn the upper-skull voxels with less than ``joint_space_mm`` of empty space between them and the lower jaw
+    into ``OTHER`` (in place): the skull solids are placed on the jaw's landmarks and may overlap it."""
     if joint_space_mm <= 0.0:
         return
     jaw = np.isin(labels, (MANDIBLE, LOWER_TEETH, CANAL))
@@ -162,6 +162,16 @@ def _open_joint_space(labels: np.ndarray, spacing: np.ndarray, joint_space_mm: f
     near_jaw = ndimage.distance_transform_edt(~jaw[box], sampling=spacing) < reach
     region = labels[box]
     region[near_jaw & (region == UPPER_SKULL)] = OTHER
+
+
+def empty_space_to_lower_jaw_mm(labels: np.ndarray, spacing: np.ndarray) -> float:
+    """Narrowest empty space between the upper skull and the lower jaw (mandible, lower teeth, canal) of ``labels``
+    in mm: the voxel centres' distance less one voxel, 0 where they touch, NaN without upper skull."""
+    skull = labels == UPPER_SKULL
+    if not skull.any():
+        return float("nan")
+    to_jaw = ndimage.distance_transform_edt(~np.isin(labels, (MANDIBLE, LOWER_TEETH, CANAL)), sampling=spacing)
+    return float(to_jaw[skull].min() - np.mean(spacing))
 
 
 def synthesise_cbct(

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bundle.atomic_files import write_text_atomically  # noqa: E402
 from jaw_phantoms import parametric  # noqa: E402
 from jaw_phantoms.anatomy import CANAL, LOWER_TEETH, MANDIBLE, UPPER_SKULL, UPPER_TEETH, AnatomyOptions  # noqa: E402
-from jaw_phantoms.phantom import make_phantom  # noqa: E402
+from jaw_phantoms.phantom import empty_space_to_lower_jaw_mm, make_phantom  # noqa: E402
 from jaw_phantoms.segmentation_errors import SegmentationErrors, apply_segmentation_errors  # noqa: E402
 from jaw_phantoms.shape_bank import SURFACE_LEVEL, bank_entries, load_shape, measure_landmarks  # noqa: E402
 
@@ -61,9 +61,7 @@ def measure(labels: np.ndarray, affine: np.ndarray) -> dict:
         result[label] = (mask.sum() * voxel_ml, tuple(np.round(extent).astype(int)), components)
     thickness = ndimage.distance_transform_edt(labels == MANDIBLE, sampling=spacing)
     result["half_thickness"] = float(thickness.max())
-    to_jaw = ndimage.distance_transform_edt(~np.isin(labels, (MANDIBLE, LOWER_TEETH, CANAL)), sampling=spacing)
-    skull = labels == UPPER_SKULL
-    result["jaw_to_skull"] = float(to_jaw[skull].min() - spacing.mean()) if skull.any() else float("nan")
+    result["jaw_to_skull"] = empty_space_to_lower_jaw_mm(labels, spacing)
     return result
 
 

@@ -19,7 +19,7 @@ from jaw_phantoms.anatomy import (
     sample_subject,
 )
 from jaw_phantoms.lesions import ONJ_VOLUME_ML, sample_lesion
-from jaw_phantoms.phantom import make_phantom
+from jaw_phantoms.phantom import empty_space_to_lower_jaw_mm, make_phantom
 from jaw_phantoms.shape_bank import BANK_DIR, BANK_INDEX, bank_entries, load_shape, measure_landmarks
 
 HELD_OUT = AnatomyOptions(shape_split="held_out", field_of_view="face")
@@ -95,19 +95,13 @@ def test_a_face_phantom_has_every_structure_in_place(face_phantom):
     assert labels.shape[2] * 1.5 > 120.0
 
 
-def _empty_space_to_the_lower_jaw(labels: np.ndarray, spacing: float) -> float:
-    """Narrowest empty space, in mm, between the upper skull and the mandible, its teeth and canal."""
-    distance = ndimage.distance_transform_edt(~np.isin(labels, (MANDIBLE, LOWER_TEETH, CANAL)), sampling=spacing)
-    return float(distance[labels == UPPER_SKULL].min()) - spacing
-
-
 def test_a_joint_space_keeps_the_lower_jaw_off_the_skull(face_phantom):
     # the same subject with the two labels allowed to touch shows where the skull solids overlap the jaw
     touching = make_phantom(11, spacing=1.5, options=AnatomyOptions(field_of_view="face", joint_space_mm=(0.0, 0.0)))
-    assert _empty_space_to_the_lower_jaw(touching.labels, 1.5) == 0.0
+    assert empty_space_to_lower_jaw_mm(touching.labels, touching.spacing) == 0.0
     joint_space = face_phantom.subject.joint_space_mm
     assert 1.0 <= joint_space <= 3.0
-    assert _empty_space_to_the_lower_jaw(face_phantom.labels, 1.5) >= joint_space
+    assert empty_space_to_lower_jaw_mm(face_phantom.labels, face_phantom.spacing) >= joint_space
     # only upper-skull voxels near the jaw were removed, and they became background
     changed = face_phantom.labels != touching.labels
     assert changed.any()

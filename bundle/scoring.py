@@ -36,15 +36,16 @@ def _volume(anomaly_map: NdarrayOrTensor) -> torch.Tensor:
     return volume
 
 
-def subject_score(
+def scored_voxels(
     anomaly_map: NdarrayOrTensor,
     threshold: float = 0.08,
     erosion_iterations: int = 1,
     structure: str = "ball",
     region: NdarrayOrTensor | None = None,
-) -> int:
-    """Number of voxels with ``anomaly_map >= threshold`` that survive ``erosion_iterations`` binary erosions
-    (and, given a ``region``, lie in it).
+) -> torch.Tensor:
+    """(X, Y, Z) bool mask of the voxels that :func:`subject_score` counts: ``anomaly_map >= threshold``, surviving
+    ``erosion_iterations`` binary erosions, and, given a ``region``, in it. The mask says where a score comes from
+    (``scripts/score_sources.py``).
 
     Args:
         anomaly_map: numpy array or torch tensor (X, Y, Z), (1, X, Y, Z) or (1, 1, X, Y, Z); e.g. D = (G2 - G1)^2
@@ -74,7 +75,19 @@ def subject_score(
         if inside.shape != volume.shape:
             raise ValueError(f"region has shape {tuple(inside.shape)} but the anomaly map {tuple(volume.shape)}")
         mask = mask * (inside > 0)
-    return int(mask.sum().item())
+    return mask > 0
+
+
+def subject_score(
+    anomaly_map: NdarrayOrTensor,
+    threshold: float = 0.08,
+    erosion_iterations: int = 1,
+    structure: str = "ball",
+    region: NdarrayOrTensor | None = None,
+) -> int:
+    """Number of voxels with ``anomaly_map >= threshold`` that survive ``erosion_iterations`` binary erosions
+    (and, given a ``region``, lie in it): the sum of :func:`scored_voxels`, whose arguments it takes."""
+    return int(scored_voxels(anomaly_map, threshold, erosion_iterations, structure, region).sum().item())
 
 
 class SubjectScored(MapTransform):

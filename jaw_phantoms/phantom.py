@@ -127,10 +127,21 @@ def render(
     _paint(subject.canal, grid, canal)
     labels[canal & (occupancy >= _CANAL_INSIDE_LEVEL)] = CANAL
 
+    present = set(range(len(subject.teeth))) - set(subject.missing_teeth)
+    tooth_ids, crown = _paint_teeth(subject, grid, present)
+    has_tooth = tooth_ids >= 0
+    teeth_labels = np.array([t.label for t in subject.teeth], dtype=np.int16)
+    labels[has_tooth] = teeth_labels[tooth_ids[has_tooth]]
+    _open_joint_space(labels, spacing_mm, subject.joint_space_mm)
+    labels[~np.broadcast_to(grid.in_cylinder, grid.shape)] = OTHER
+    return labels, tooth_ids, crown, occupancy, grid
+
+
+def _paint_teeth(subject: JawSubject, grid: Grid, indices: set[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Index into ``subject.teeth`` per voxel (int16, -1 where none of ``indices`` stands) and the crown mask."""
     tooth_ids = np.full(grid.shape, -1, dtype=np.int16)
     crown = np.zeros(grid.shape, dtype=bool)
-    present = set(range(len(subject.teeth))) - set(subject.missing_teeth)
-    for index in sorted(present):
+    for index in sorted(indices):
         tooth = subject.teeth[index]
         box = grid.box(*tooth.bounds())
         if box is None:
@@ -138,12 +149,18 @@ def render(
         inside, in_crown = tooth.inside(grid.points[box])
         tooth_ids[box][inside] = index
         crown[box] |= in_crown
-    has_tooth = tooth_ids >= 0
-    teeth_labels = np.array([t.label for t in subject.teeth], dtype=np.int16)
-    labels[has_tooth] = teeth_labels[tooth_ids[has_tooth]]
-    _open_joint_space(labels, spacing_mm, subject.joint_space_mm)
-    labels[~np.broadcast_to(grid.in_cylinder, grid.shape)] = OTHER
-    return labels, tooth_ids, crown, occupancy, grid
+    return tooth_ids, crown
+
+
+def tooth_gaps(subject: JawSubject, spacing: float | Sequence[float] = 1.0, axcodes: str = "RAS") -> np.ndarray:
+    """Bool (X, Y, Z) mask of where the crowns of the teeth that ``subject`` lacks (``missing_teeth``) would stand, on
+    the grid that :func:`render` gives for the same ``spacing`` and ``axcodes`` (inside the field of view): the empty
+    space a missing tooth leaves above the alveolar crest, which is healthy anatomy. (The root's place is left out:
+    :func:`render` keeps the mandible there, a healed socket.)"""
+    spacing_mm = np.broadcast_to(np.asarray(spacing, dtype=float), (3,)).copy()
+    grid = Grid(subject, spacing_mm, axcodes)
+    _, crowns = _paint_teeth(subject, grid, set(subject.missing_teeth))
+    return crowns & np.broadcast_to(grid.in_cylinder, grid.shape)
 
 
 def _open_joint_space(labels: np.ndarray, spacing: np.ndarray, joint_space_mm: float) -> None:

@@ -89,6 +89,22 @@ def parse_overrides(items: list[str]) -> dict:
     return overrides
 
 
+def evaluation_parser(datalist: str, datalist_key: str, checkpoint: str) -> ConfigParser:
+    """The bundle's ``configs/inference.json`` with the ``configs/evaluate.json`` overlay, on a datalist's list."""
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / "configs" / "inference.json"), str(ROOT / "configs" / "evaluate.json")])
+    parser["bundle_root"] = str(ROOT)
+    parser.update({"datalist": str(Path(datalist).resolve()), "datalist_key": datalist_key, "checkpoint": checkpoint})
+    return parser
+
+
+def load_network(parser: ConfigParser) -> torch.nn.Module:
+    """The config's network with the checkpoint's verified weights, in eval mode."""
+    network = parser.get_parsed_content("network")
+    load_verified_weights(network, parser.get_parsed_content("checkpoint"))
+    return network.eval()
+
+
 def load_cases(parser: ConfigParser) -> list[dict]:
     """Preprocessed cases of the datalist (name, image, optional cbct and truth, lesion kind), one dict each."""
     dataset = parser.get_parsed_content("dataset")
@@ -245,16 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     grid = {**DEFAULT_GRID, **parse_grid(opts.grid)}
 
     torch.set_grad_enabled(False)
-    parser = ConfigParser()
-    parser.read_config([str(ROOT / "configs" / "inference.json"), str(ROOT / "configs" / "evaluate.json")])
-    parser["bundle_root"] = str(ROOT)
-    parser.update(
-        {
-            "datalist": str(Path(opts.datalist).resolve()),
-            "datalist_key": opts.datalist_key,
-            "checkpoint": opts.checkpoint,
-        }
-    )
+    parser = evaluation_parser(opts.datalist, opts.datalist_key, opts.checkpoint)
     overrides = parse_overrides(opts.override)
     for name, value in overrides.items():
         parser[name] = value
@@ -263,9 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --grid names {unknown} are not inference.json parameters", file=sys.stderr)
         return 2
     device = parser.get_parsed_content("device")
-    network = parser.get_parsed_content("network")
-    load_verified_weights(network, parser.get_parsed_content("checkpoint"))
-    network.eval()
+    network = load_network(parser)
     inferer = parser.get_parsed_content("inferer")
     cases = load_cases(parser)
     print(f"{len(cases)} cases, {sum(map(has_lesion, cases))} with a lesion")

@@ -53,6 +53,25 @@ def phantom_dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def lesion_and_healthy_set(tmp_path_factory) -> Path:
+    """``datalist.json`` of one lesion and one healthy test subject on held-out shapes, written at 2 mm."""
+    folder = tmp_path_factory.mktemp("lesion_and_healthy") / "data"
+    return Path(
+        make_phantom_set(
+            folder,
+            train_subjects=0,
+            val_subjects=0,
+            test_subjects=2,
+            lesion_fraction=0.5,
+            spacing=2.0,
+            seed=11,
+            preview=False,
+            log=lambda *_: None,
+        )
+    )
+
+
+@pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
     """Random weights of the ``INFERENCE_GENERATOR`` anomaly detector, saved with their checksum."""
     folder = tmp_path_factory.mktemp("weights")

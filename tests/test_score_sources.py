@@ -9,7 +9,6 @@ import pytest
 
 from jaw_phantoms.anatomy import AnatomyOptions, sample_subject
 from jaw_phantoms.phantom import make_phantom, render, tooth_gaps
-from jaw_phantoms.writing import make_phantom_set
 from scripts import score_sources
 from tests.conftest import INFERENCE_GENERATOR
 
@@ -69,18 +68,8 @@ def test_tooth_gap_on_the_model_grid_and_a_foreign_grid(tmp_path):
         score_sources.tooth_gap_on_grid(SEED_ALL_TEETH, "test", label_file, phantom.affine, phantom.labels.shape)
 
 
-def test_command_line_scores_every_voxel_at_threshold_zero(tmp_path, tiny_weights):
-    datalist = make_phantom_set(
-        tmp_path / "data",
-        train_subjects=0,
-        val_subjects=0,
-        test_subjects=2,
-        lesion_fraction=0.5,
-        spacing=2.0,
-        seed=11,
-        preview=False,
-        log=lambda *_: None,
-    )
+def test_command_line_scores_every_voxel_at_threshold_zero(lesion_and_healthy_set, tmp_path, tiny_weights):
+    datalist = lesion_and_healthy_set
     output, table = tmp_path / "sources.json", tmp_path / "sources.md"
     argv = [str(datalist), "--checkpoint", str(tiny_weights), "--tooth_gaps", "--json", str(output)]
     argv += ["--markdown", str(table), "--override", f"generator_def={json.dumps(INFERENCE_GENERATOR)}"]

@@ -4,9 +4,6 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
-
-from jaw_phantoms.writing import make_phantom_set
 from tests.conftest import INFERENCE_GENERATOR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,28 +14,10 @@ import tune_postprocessing  # noqa: E402
 from scripts.run_evaluation import held_out_subject_seeds  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def tuning_set(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tune") / "data"
-    return Path(
-        make_phantom_set(
-            folder,
-            train_subjects=0,
-            val_subjects=0,
-            test_subjects=2,
-            lesion_fraction=0.5,
-            spacing=2.0,
-            seed=11,
-            preview=False,
-            log=lambda *_: None,
-        )
-    )
-
-
-def test_sweeps_inferer_postprocessing_and_score(tuning_set, tiny_weights, tmp_path):
+def test_sweeps_inferer_postprocessing_and_score(lesion_and_healthy_set, tiny_weights, tmp_path):
     output = tmp_path / "tuning.json"
     argv = [
-        str(tuning_set),
+        str(lesion_and_healthy_set),
         "--checkpoint",
         str(tiny_weights),
         "--override",
@@ -68,7 +47,7 @@ def test_sweeps_inferer_postprocessing_and_score(tuning_set, tiny_weights, tmp_p
     ]
     assert tune_postprocessing.main(argv) == 0
     results = json.loads(output.read_text())
-    entries = json.loads(tuning_set.read_text())["test"]
+    entries = json.loads(lesion_and_healthy_set.read_text())["test"]
     names = {Path(entry["image"]).name.removesuffix(".nii.gz"): entry["lesion"] for entry in entries}
     case_names = set(names)
     healthy_names = {name for name, lesion in names.items() if lesion == "none"}
@@ -111,19 +90,21 @@ def test_within_the_dice_tolerance_fewer_false_alarms_win():
     assert tune_postprocessing.choose_postprocessing(rows, 0.2) is rows[3]
 
 
-def test_refuses_to_overwrite_results_and_unknown_parameters(tuning_set, tiny_weights, tmp_path, capsys):
+def test_refuses_to_overwrite_results_and_unknown_parameters(lesion_and_healthy_set, tiny_weights, tmp_path, capsys):
     existing = tmp_path / "tuning.json"
     existing.write_text("{}")
-    assert tune_postprocessing.main([str(tuning_set), "--json", str(existing)]) == 2
+    assert tune_postprocessing.main([str(lesion_and_healthy_set), "--json", str(existing)]) == 2
     assert existing.read_text() == "{}" and "--overwrite" in capsys.readouterr().err
-    argv = [str(tuning_set), "--checkpoint", str(tiny_weights), "--grid", "no_such_parameter=[1]"]
+    argv = [str(lesion_and_healthy_set), "--checkpoint", str(tiny_weights), "--grid", "no_such_parameter=[1]"]
     assert tune_postprocessing.main(argv) == 2
     assert "no_such_parameter" in capsys.readouterr().err
     assert tune_postprocessing.main([str(tmp_path / "missing.json")]) == 2
 
 
-def test_refuses_a_tuning_set_that_shares_subjects_with_the_held_out_sets(tuning_set, tmp_path, capsys):
-    entries = json.loads(tuning_set.read_text())
+def test_refuses_a_lesion_and_healthy_set_that_shares_subjects_with_the_held_out_sets(
+    lesion_and_healthy_set, tmp_path, capsys
+):
+    entries = json.loads(lesion_and_healthy_set.read_text())
     entries["test"][1]["seed"] = sorted(held_out_subject_seeds())[0]
     datalist = tmp_path / "datalist.json"
     datalist.write_text(json.dumps(entries))

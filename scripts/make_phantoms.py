@@ -76,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         "boundary_jitter_mm=0.5 bone_holes=5 canal_gaps=4 island_radius_mm=1,2.5; names and meaning: "
         "jaw_phantoms/segmentation_errors.py (default: none)",
     )
+    parser.add_argument(
+        "--missing_teeth_probability",
+        type=float,
+        help="chance that a subject lacks 1-3 teeth (real-mandible style; default 0.25, AnatomyOptions'), e.g. 1 for "
+        "a set in which every subject has tooth gaps",
+    )
     parser.add_argument("--no_preview", action="store_true", help="skip preview.png")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--quiet", action="store_true", help="print only the datalist path")
@@ -98,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             lesion_kinds=tuple(args.lesion_kinds) if args.lesion_kinds else None,
             lesion_volume_range_ml=tuple(args.lesion_volume_ml) if args.lesion_volume_ml else None,
             segmentation_errors=segmentation_errors,
+            missing_teeth_probability=args.missing_teeth_probability,
             preview=not args.no_preview,
             overwrite=args.overwrite,
             log=(lambda message: None) if args.quiet else print,

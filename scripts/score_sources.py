@@ -39,8 +39,9 @@ sys.path.insert(0, str(ROOT))
 
 from bundle.atomic_files import write_json_atomically, write_text_atomically  # noqa: E402
 from bundle.scoring import scored_voxels  # noqa: E402
-from jaw_phantoms.anatomy import AnatomyOptions, sample_subject  # noqa: E402
+from jaw_phantoms.anatomy import sample_subject  # noqa: E402
 from jaw_phantoms.phantom import tooth_gaps  # noqa: E402
+from jaw_phantoms.writing import MISSING_TEETH_PROBABILITY_KEY, anatomy_options  # noqa: E402
 from scripts.tune_postprocessing import (  # noqa: E402
     evaluation_parser,
     has_lesion,
@@ -96,14 +97,19 @@ def score_sources(
 
 
 def tooth_gap_on_grid(
-    seed: int, split: str, label_file: Path, model_affine: np.ndarray, model_shape: tuple[int, ...]
+    seed: int,
+    split: str,
+    label_file: Path,
+    model_affine: np.ndarray,
+    model_shape: tuple[int, ...],
+    missing_teeth_probability: float | None = None,
 ) -> np.ndarray:
     """(X, Y, Z) bool on the model grid: voxel centres within :data:`TOOTH_GAP_MM` of the crown of a tooth that the
-    phantom subject ``seed`` lacks, located on the grid of its label file ``label_file``."""
+    phantom subject ``seed`` of datalist list ``split`` lacks, located on the grid of its label file ``label_file``;
+    ``missing_teeth_probability``: the set's own, when its datalist records one."""
     image = nib.load(label_file)
     spacing = tuple(float(s) for s in image.header.get_zooms()[:3])
-    options = AnatomyOptions(shape_split="held_out" if split == "test" else "training")
-    subject = sample_subject(seed, options)
+    subject = sample_subject(seed, anatomy_options(split, missing_teeth_probability))
     axcodes = "".join(nib.aff2axcodes(image.affine))
     gap = tooth_gaps(subject, spacing, axcodes)
     centre = image.affine[:3, :3] @ ((np.array(image.shape[:3]) - 1) / 2) + image.affine[:3, 3]
@@ -138,6 +144,7 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@torch.no_grad()  # for this call only: the tests run main in-process
 def main(argv: list[str] | None = None) -> int:
     args = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     args.add_argument("datalist", help="datalist JSON (its --datalist_key list)")
@@ -156,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = args.parse_args(argv)
     datalist = Path(opts.datalist)
     try:
-        entries = json.loads(datalist.read_text())[opts.datalist_key]
+        content = json.loads(datalist.read_text())
+        entries = content[opts.datalist_key]
     except (OSError, ValueError, KeyError, TypeError) as error:
         print(f"error: datalist {datalist}: cannot read its '{opts.datalist_key}' list ({error!r})", file=sys.stderr)
         return 2
@@ -168,7 +176,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: datalist {datalist}: --tooth_gaps needs a 'seed' for every case (phantoms)", file=sys.stderr)
         return 2
 
-    torch.set_grad_enabled(False)
     parser = evaluation_parser(str(datalist), opts.datalist_key, opts.checkpoint)
     for name, value in parse_overrides(opts.override).items():
         parser[name] = value
@@ -186,7 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         if opts.tooth_gaps:
             label_file = datalist.parent / entry["image"]
             gap = tooth_gap_on_grid(
-                entry["seed"], opts.datalist_key, label_file, np.asarray(image.affine), scored.shape
+                entry["seed"],
+                opts.datalist_key,
+                label_file,
+                np.asarray(image.affine),
+                scored.shape,
+                content.get(MISSING_TEETH_PROBABILITY_KEY),
             )
         truth = case["truth"] if has_lesion(case) else None
         sources = score_sources(scored, np.asarray(image[0]), spacing, truth, gap)

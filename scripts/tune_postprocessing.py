@@ -207,6 +207,7 @@ def score_metrics(cases: list[dict], regions: list[torch.Tensor], threshold: flo
     }
 
 
+@torch.no_grad()  # for this call only: the tests run main in-process
 def main(argv: list[str] | None = None) -> int:
     args = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     args.add_argument("datalist", help="datalist JSON of the tuning set (its 'test' list)")
@@ -260,7 +261,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     grid = {**DEFAULT_GRID, **parse_grid(opts.grid)}
 
-    torch.set_grad_enabled(False)
     parser = evaluation_parser(opts.datalist, opts.datalist_key, opts.checkpoint)
     overrides = parse_overrides(opts.override)
     for name, value in overrides.items():

@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import benchmark_phantoms  # noqa: E402
 
 from jaw_phantoms import writing as make_phantoms  # noqa: E402
+from jaw_phantoms.anatomy import sample_subject  # noqa: E402
 from jaw_phantoms.writing import GENERATOR_REVISION_KEY, GENERATOR_REVISIONS  # noqa: E402
 
 # tiny sets: coarse native spacing keeps each subject well under a second
@@ -160,6 +161,32 @@ def test_command_line_errors_are_one_line_with_exit_code_2(tmp_path):
         assert refused.returncode == 2 and message in refused.stderr and not (tmp_path / "new").exists()
     helped = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True)
     assert helped.returncode == 0 and "--test_subjects" in helped.stdout
+
+
+def test_a_set_can_give_every_subject_tooth_gaps_and_records_it(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path / "gaps"), "--train_subjects", "1", "--val_subjects", "0"]
+        + ["--test_subjects", "2", "--lesion_fraction", "0", "--spacing", "2", "--missing_teeth_probability", "1"]
+        + ["--no_preview", "--quiet"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    datalist = json.loads((tmp_path / "gaps" / "datalist.json").read_text())
+    assert datalist[make_phantoms.MISSING_TEETH_PROBABILITY_KEY] == 1.0
+    for split in ("training", "test"):
+        for entry in datalist[split]:
+            options = make_phantoms.anatomy_options(split, datalist[make_phantoms.MISSING_TEETH_PROBABILITY_KEY])
+            assert sample_subject(entry["seed"], options).missing_teeth  # every subject lacks teeth
+    default = make_phantoms.make_phantom_set(tmp_path / "default", log=lambda _: None, preview=False, **TINY)
+    assert make_phantoms.MISSING_TEETH_PROBABILITY_KEY not in json.loads(default.read_text())
+    for style, chance, message in [
+        ("real_mandible", 1.5, "missing_teeth_probability must be within"),
+        ("parametric", 0.5, "only"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            make_phantoms.make_phantom_set(tmp_path / "refused", style=style, missing_teeth_probability=chance, **TINY)
+        assert not (tmp_path / "refused").exists()
 
 
 def test_plan_mixes_lesion_kinds_only_in_the_test_split():

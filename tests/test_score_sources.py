@@ -6,9 +6,11 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from jaw_phantoms.anatomy import AnatomyOptions, sample_subject
 from jaw_phantoms.phantom import make_phantom, render, tooth_gaps
+from jaw_phantoms.writing import anatomy_options
 from scripts import score_sources
 from tests.conftest import INFERENCE_GENERATOR
 
@@ -84,3 +86,23 @@ def test_command_line_scores_every_voxel_at_threshold_zero(lesion_and_healthy_se
         assert (row["in_lesion"] is None) == (row["lesion"] == "none")
     assert table.read_text().count("\n| case_") == 2
     assert score_sources.main(argv) == 2  # the outputs exist: not replaced without --overwrite
+
+
+def test_command_line_leaves_autograd_as_it_found_it(lesion_and_healthy_set, tiny_weights, tmp_path):
+    argv = [str(lesion_and_healthy_set), "--checkpoint", str(tiny_weights)]
+    argv += ["--override", f"generator_def={json.dumps(INFERENCE_GENERATOR)}"]
+    assert score_sources.main(argv) == 0
+    assert torch.is_grad_enabled()  # later code in the same process (a training test) still gets gradients
+
+
+def test_tooth_gaps_of_a_set_with_its_own_chance_of_missing_teeth(tmp_path):
+    options = anatomy_options("test", missing_teeth_probability=1.0)
+    phantom = make_phantom(SEED_ALL_TEETH, 2.0, options=options, with_cbct=False)
+    assert phantom.subject.missing_teeth  # subject 8 lacks teeth when every subject must
+    label_file = tmp_path / "labels.nii.gz"
+    nib.save(nib.Nifti1Image(phantom.labels, phantom.affine), label_file)
+    grid = (label_file, phantom.affine, phantom.labels.shape)
+    gap = score_sources.tooth_gap_on_grid(SEED_ALL_TEETH, "test", *grid, missing_teeth_probability=1.0)
+    assert gap[tooth_gaps(phantom.subject, 2.0)].all()
+    with pytest.raises(ValueError, match="not the grid of subject 8"):  # drawn with the default chance instead
+        score_sources.tooth_gap_on_grid(SEED_ALL_TEETH, "test", *grid)

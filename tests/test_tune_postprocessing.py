@@ -4,6 +4,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from tests.conftest import INFERENCE_GENERATOR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +48,7 @@ def test_sweeps_inferer_postprocessing_and_score(lesion_and_healthy_set, tiny_we
         str(output),
     ]
     assert tune_postprocessing.main(argv) == 0
+    assert torch.is_grad_enabled()  # main switches gradients off for its own call only
     results = json.loads(output.read_text())
     entries = json.loads(lesion_and_healthy_set.read_text())["test"]
     names = {Path(entry["image"]).name.removesuffix(".nii.gz"): entry["lesion"] for entry in entries}

@@ -25,6 +25,7 @@ import gzip
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -56,8 +57,10 @@ LESION_CYCLE = {
 }
 DATALIST_NAME = "datalist.json"
 SEGMENTATION_ERRORS_KEY = "segmentation_errors"
-# recorded only when a set overrides the default of AnatomyOptions, so that the subjects can be drawn again
-MISSING_TEETH_PROBABILITY_KEY = "missing_teeth_probability"
+# AnatomyOptions fields a set may override (recorded under ANATOMY_OPTIONS_KEY only when it does, so that its subjects
+# can be drawn again): how often teeth are missing, and how far the pose and shape of a subject vary
+ANATOMY_OPTIONS_KEY = "anatomy_options"
+ANATOMY_OVERRIDES = ("missing_teeth_probability", "mirror_probability", "pose_degrees", "shift_mm", "deformation_mm")
 # what a seed draws, per style: raised whenever the same seed and options give another phantom, so that sets made
 # before are known to be stale. A datalist without the key is of revision 1; real_mandible 2: the joint space
 # between the lower jaw and the upper skull.
@@ -220,27 +223,30 @@ def _preview_choice(plans: list[CasePlan]) -> set[str]:
     return set(chosen[:_PREVIEW_SUBJECTS])
 
 
-def anatomy_options(split: str, missing_teeth_probability: float | None = None) -> AnatomyOptions:
+def anatomy_options(split: str, overrides: Mapping[str, float] | None = None) -> AnatomyOptions:
     """Anatomy options of a real-mandible subject of ``split``: the bank's held-out shapes for test subjects, its
-    training shapes otherwise; ``missing_teeth_probability`` overrides the default chance of missing teeth."""
-    shape_split = "held_out" if split == "test" else "training"
-    if missing_teeth_probability is None:
-        return AnatomyOptions(shape_split=shape_split)
-    return AnatomyOptions(shape_split=shape_split, missing_teeth_probability=missing_teeth_probability)
+    training shapes otherwise, and ``overrides`` of the fields named in :data:`ANATOMY_OVERRIDES` (e.g.
+    ``{"missing_teeth_probability": 1.0}``), checked by :class:`AnatomyOptions`."""
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(ANATOMY_OVERRIDES))
+    if unknown:
+        raise ValueError(f"anatomy options {unknown} cannot be overridden; expected some of {ANATOMY_OVERRIDES}")
+    values = {name: float(value) for name, value in overrides.items()}
+    return AnatomyOptions(shape_split="held_out" if split == "test" else "training", **values)
 
 
 def generate(
     plan: CasePlan,
     style: str = "real_mandible",
     lesion_volume_range_ml: tuple[float, float] | None = None,
-    missing_teeth_probability: float | None = None,
+    anatomy_overrides: Mapping[str, float] | None = None,
 ) -> JawPhantom | parametric.JawPhantom:
     """The phantom of one planned case: training and validation subjects on the bank's training shapes, test subjects
-    on its held-out shapes (``real_mandible``, ONJ volumes drawn in ``lesion_volume_range_ml`` when given, teeth
-    missing with ``missing_teeth_probability`` when given), or a version-0.2 parametric phantom (``parametric``)."""
+    on its held-out shapes (``real_mandible``, ONJ volumes drawn in ``lesion_volume_range_ml`` when given, with the
+    ``anatomy_overrides`` of :func:`anatomy_options`), or a version-0.2 parametric phantom (``parametric``)."""
     if style == "parametric":
         return parametric.make_phantom(plan.seed, plan.spacing, plan.lesion, plan.axcodes)
-    options = anatomy_options(plan.split, missing_teeth_probability)
+    options = anatomy_options(plan.split, anatomy_overrides)
     return make_phantom(
         plan.seed, plan.spacing, plan.lesion, plan.axcodes, options, lesion_volume_range_ml=lesion_volume_range_ml
     )
@@ -260,7 +266,7 @@ def make_phantom_set(
     lesion_kinds: tuple[str, ...] | None = None,
     lesion_volume_range_ml: tuple[float, float] | None = None,
     segmentation_errors: SegmentationErrors | None = None,
-    missing_teeth_probability: float | None = None,
+    anatomy_overrides: Mapping[str, float] | None = None,
     preview: bool = True,
     overwrite: bool = False,
     log=print,
@@ -269,9 +275,9 @@ def make_phantom_set(
 
     With ``segmentation_errors``, every label map (the model's input) carries them, drawn from the subject's seed;
     CBCT, truth and intact map are those of the exact phantom. The datalist records them under
-    ``SEGMENTATION_ERRORS_KEY``, a ``missing_teeth_probability`` that overrides the default under
-    ``MISSING_TEETH_PROBABILITY_KEY``, and the generator's revision of ``style`` under ``GENERATOR_REVISION_KEY`` (keys
-    ``load_decathlon_datalist`` never reads).
+    ``SEGMENTATION_ERRORS_KEY``, ``anatomy_overrides`` (:func:`anatomy_options`) under ``ANATOMY_OPTIONS_KEY``, and
+    the generator's revision of ``style`` under ``GENERATOR_REVISION_KEY`` (keys ``load_decathlon_datalist`` never
+    reads).
 
     Files are written into a temporary sibling folder that is renamed at the end, so an interrupted or failed run
     leaves ``output_dir`` as it was. A non-empty ``output_dir`` is refused unless ``overwrite`` is set.
@@ -287,10 +293,10 @@ def make_phantom_set(
         if style != "real_mandible":
             raise ValueError("a lesion volume range is an option of the real_mandible style only")
         lesions.check_volume_range(lesion_volume_range_ml)
-    if missing_teeth_probability is not None:
+    if anatomy_overrides:
         if style != "real_mandible":
-            raise ValueError("a chance of missing teeth is an option of the real_mandible style only")
-        anatomy_options("test", missing_teeth_probability)  # validates it before anything is written
+            raise ValueError("anatomy options are options of the real_mandible style only")
+        anatomy_options("test", anatomy_overrides)  # validates them before anything is written
     plans = plan_cases(
         train_subjects,
         val_subjects,
@@ -313,7 +319,7 @@ def make_phantom_set(
         shown = _preview_choice(plans) if preview else set()
         preview_cases = []
         for plan in plans:
-            phantom = generate(plan, style, lesion_volume_range_ml, missing_teeth_probability)
+            phantom = generate(plan, style, lesion_volume_range_ml, anatomy_overrides)
             if segmentation_errors is not None and segmentation_errors.changes_labels:
                 phantom.labels = apply_segmentation_errors(
                     phantom.labels, phantom.spacing, segmentation_errors, plan.seed
@@ -327,8 +333,8 @@ def make_phantom_set(
             (staging / "intact").rmdir()
         if segmentation_errors is not None and segmentation_errors.changes_labels:
             datalist[SEGMENTATION_ERRORS_KEY] = asdict(segmentation_errors)
-        if missing_teeth_probability is not None:
-            datalist[MISSING_TEETH_PROBABILITY_KEY] = missing_teeth_probability
+        if anatomy_overrides:
+            datalist[ANATOMY_OPTIONS_KEY] = {name: float(value) for name, value in anatomy_overrides.items()}
         datalist[GENERATOR_REVISION_KEY] = GENERATOR_REVISIONS[style]
         (staging / DATALIST_NAME).write_text(json.dumps(datalist, indent=4) + "\n")
         if preview_cases:

@@ -19,7 +19,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jaw_phantoms.segmentation_errors import SegmentationErrors  # noqa: E402
-from jaw_phantoms.writing import ANISOTROPIC_FACTORS, STYLES, make_phantom_set  # noqa: E402
+from jaw_phantoms.writing import ANATOMY_OVERRIDES, ANISOTROPIC_FACTORS, STYLES, make_phantom_set  # noqa: E402
+
+
+def parse_anatomy(items: list[str]) -> dict[str, float]:
+    """``NAME=VALUE`` items of ``--anatomy`` as numbers (the names are checked by ``anatomy_options``)."""
+    overrides = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            overrides[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--anatomy {item!r}: expected NAME=NUMBER") from None
+    return overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,10 +89,13 @@ def main(argv: list[str] | None = None) -> int:
         "jaw_phantoms/segmentation_errors.py (default: none)",
     )
     parser.add_argument(
-        "--missing_teeth_probability",
-        type=float,
-        help="chance that a subject lacks 1-3 teeth (real-mandible style; default 0.25, AnatomyOptions'), e.g. 1 for "
-        "a set in which every subject has tooth gaps",
+        "--anatomy",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        help=f"override how subjects vary (real-mandible style; AnatomyOptions fields {', '.join(ANATOMY_OVERRIDES)}), "
+        "e.g. missing_teeth_probability=1 for a set in which every subject has tooth gaps, or pose_degrees=0 for the "
+        "same subjects unrotated (default: none)",
     )
     parser.add_argument("--no_preview", action="store_true", help="skip preview.png")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
@@ -104,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             lesion_kinds=tuple(args.lesion_kinds) if args.lesion_kinds else None,
             lesion_volume_range_ml=tuple(args.lesion_volume_ml) if args.lesion_volume_ml else None,
             segmentation_errors=segmentation_errors,
-            missing_teeth_probability=args.missing_teeth_probability,
+            anatomy_overrides=parse_anatomy(args.anatomy),
             preview=not args.no_preview,
             overwrite=args.overwrite,
             log=(lambda message: None) if args.quiet else print,

@@ -41,7 +41,7 @@ from bundle.atomic_files import write_json_atomically, write_text_atomically  # 
 from bundle.scoring import scored_voxels  # noqa: E402
 from jaw_phantoms.anatomy import sample_subject  # noqa: E402
 from jaw_phantoms.phantom import tooth_gaps  # noqa: E402
-from jaw_phantoms.writing import MISSING_TEETH_PROBABILITY_KEY, anatomy_options  # noqa: E402
+from jaw_phantoms.writing import ANATOMY_OPTIONS_KEY, anatomy_options  # noqa: E402
 from scripts.tune_postprocessing import (  # noqa: E402
     evaluation_parser,
     has_lesion,
@@ -102,14 +102,15 @@ def tooth_gap_on_grid(
     label_file: Path,
     model_affine: np.ndarray,
     model_shape: tuple[int, ...],
-    missing_teeth_probability: float | None = None,
+    anatomy_overrides: dict[str, float] | None = None,
 ) -> np.ndarray:
     """(X, Y, Z) bool on the model grid: voxel centres within :data:`TOOTH_GAP_MM` of the crown of a tooth that the
     phantom subject ``seed`` of datalist list ``split`` lacks, located on the grid of its label file ``label_file``;
-    ``missing_teeth_probability``: the set's own, when its datalist records one."""
+    ``anatomy_overrides``: the set's own (:func:`jaw_phantoms.writing.anatomy_options`), when its datalist records
+    them."""
     image = nib.load(label_file)
     spacing = tuple(float(s) for s in image.header.get_zooms()[:3])
-    subject = sample_subject(seed, anatomy_options(split, missing_teeth_probability))
+    subject = sample_subject(seed, anatomy_options(split, anatomy_overrides))
     axcodes = "".join(nib.aff2axcodes(image.affine))
     gap = tooth_gaps(subject, spacing, axcodes)
     centre = image.affine[:3, :3] @ ((np.array(image.shape[:3]) - 1) / 2) + image.affine[:3, 3]
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 label_file,
                 np.asarray(image.affine),
                 scored.shape,
-                content.get(MISSING_TEETH_PROBABILITY_KEY),
+                content.get(ANATOMY_OPTIONS_KEY),
             )
         truth = case["truth"] if has_lesion(case) else None
         sources = score_sources(scored, np.asarray(image[0]), spacing, truth, gap)

@@ -25,6 +25,7 @@ from jaw_phantoms.anatomy import sample_subject  # noqa: E402
 from jaw_phantoms.writing import GENERATOR_REVISION_KEY, GENERATOR_REVISIONS  # noqa: E402
 
 # tiny sets: coarse native spacing keeps each subject well under a second
+SEED_POSED = 3  # any subject: every draw but the rotation stays
 TINY = dict(train_subjects=1, val_subjects=1, test_subjects=2, lesion_fraction=1.0, spacing=1.6, seed=2)
 
 
@@ -166,27 +167,51 @@ def test_command_line_errors_are_one_line_with_exit_code_2(tmp_path):
 def test_a_set_can_give_every_subject_tooth_gaps_and_records_it(tmp_path):
     result = subprocess.run(
         [sys.executable, str(SCRIPT), str(tmp_path / "gaps"), "--train_subjects", "1", "--val_subjects", "0"]
-        + ["--test_subjects", "2", "--lesion_fraction", "0", "--spacing", "2", "--missing_teeth_probability", "1"]
+        + [
+            "--test_subjects",
+            "2",
+            "--lesion_fraction",
+            "0",
+            "--spacing",
+            "2",
+            "--anatomy",
+            "missing_teeth_probability=1",
+        ]
         + ["--no_preview", "--quiet"],
         capture_output=True,
         text=True,
     )
     assert result.returncode == 0, result.stderr
     datalist = json.loads((tmp_path / "gaps" / "datalist.json").read_text())
-    assert datalist[make_phantoms.MISSING_TEETH_PROBABILITY_KEY] == 1.0
+    assert datalist[make_phantoms.ANATOMY_OPTIONS_KEY] == {"missing_teeth_probability": 1.0}
     for split in ("training", "test"):
         for entry in datalist[split]:
-            options = make_phantoms.anatomy_options(split, datalist[make_phantoms.MISSING_TEETH_PROBABILITY_KEY])
+            options = make_phantoms.anatomy_options(split, datalist[make_phantoms.ANATOMY_OPTIONS_KEY])
             assert sample_subject(entry["seed"], options).missing_teeth  # every subject lacks teeth
     default = make_phantoms.make_phantom_set(tmp_path / "default", log=lambda _: None, preview=False, **TINY)
-    assert make_phantoms.MISSING_TEETH_PROBABILITY_KEY not in json.loads(default.read_text())
-    for style, chance, message in [
-        ("real_mandible", 1.5, "missing_teeth_probability must be within"),
-        ("parametric", 0.5, "only"),
+    assert make_phantoms.ANATOMY_OPTIONS_KEY not in json.loads(default.read_text())
+    for style, overrides, message in [
+        ("real_mandible", {"missing_teeth_probability": 1.5}, "missing_teeth_probability must be within"),
+        ("real_mandible", {"shape_split": 0}, "cannot be overridden"),
+        ("parametric", {"pose_degrees": 0}, "only"),
     ]:
         with pytest.raises(ValueError, match=message):
-            make_phantoms.make_phantom_set(tmp_path / "refused", style=style, missing_teeth_probability=chance, **TINY)
+            make_phantoms.make_phantom_set(tmp_path / "refused", style=style, anatomy_overrides=overrides, **TINY)
         assert not (tmp_path / "refused").exists()
+    refused = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path / "refused"), "--anatomy", "pose_degrees=level"],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2 and "expected NAME=NUMBER" in refused.stderr and not (tmp_path / "refused").exists()
+
+
+def test_pose_degrees_zero_draws_the_same_subjects_unrotated():
+    posed = sample_subject(SEED_POSED, make_phantoms.anatomy_options("test"))
+    level = sample_subject(SEED_POSED, make_phantoms.anatomy_options("test", {"pose_degrees": 0}))
+    assert np.allclose(level.rotation, np.eye(3)) and not np.allclose(posed.rotation, np.eye(3))
+    assert posed.shape.case == level.shape.case and posed.missing_teeth == level.missing_teeth
+    assert np.array_equal(posed.translation, level.translation) and posed.field_of_view == level.field_of_view
 
 
 def test_plan_mixes_lesion_kinds_only_in_the_test_split():

@@ -96,13 +96,13 @@ def test_command_line_leaves_autograd_as_it_found_it(lesion_and_healthy_set, tin
 
 
 def test_tooth_gaps_of_a_set_with_its_own_chance_of_missing_teeth(tmp_path):
-    options = anatomy_options("test", missing_teeth_probability=1.0)
+    options = anatomy_options("test", {"missing_teeth_probability": 1.0})
     phantom = make_phantom(SEED_ALL_TEETH, 2.0, options=options, with_cbct=False)
     assert phantom.subject.missing_teeth  # subject 8 lacks teeth when every subject must
     label_file = tmp_path / "labels.nii.gz"
     nib.save(nib.Nifti1Image(phantom.labels, phantom.affine), label_file)
     grid = (label_file, phantom.affine, phantom.labels.shape)
-    gap = score_sources.tooth_gap_on_grid(SEED_ALL_TEETH, "test", *grid, missing_teeth_probability=1.0)
+    gap = score_sources.tooth_gap_on_grid(SEED_ALL_TEETH, "test", *grid, {"missing_teeth_probability": 1.0})
     assert gap[tooth_gaps(phantom.subject, 2.0)].all()
     with pytest.raises(ValueError, match="not the grid of subject 8"):  # drawn with the default chance instead
         score_sources.tooth_gap_on_grid(SEED_ALL_TEETH, "test", *grid)

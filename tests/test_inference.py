@@ -15,7 +15,6 @@ import pytest
 from monai.bundle import ConfigWorkflow
 from monai.transforms import LoadImage
 
-from jaw_phantoms.writing import make_phantom_set
 from tests.conftest import INFERENCE_GENERATOR, PERMISSIVE, jaw_label_map
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,18 +182,8 @@ def _float_map(folder: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_evaluation_overlay_scores_lesion_and_normal_cases(tiny_weights, tmp_path):
-    datalist = make_phantom_set(
-        tmp_path / "eval_data",
-        train_subjects=0,
-        val_subjects=0,
-        test_subjects=2,
-        lesion_fraction=0.5,
-        spacing=2.0,
-        seed=5,
-        preview=False,
-        log=lambda *_: None,
-    )
+def test_evaluation_overlay_scores_lesion_and_normal_cases(lesion_and_healthy_set, tiny_weights, tmp_path):
+    datalist = lesion_and_healthy_set
     command = [
         sys.executable,
         "-m",

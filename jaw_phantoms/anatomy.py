@@ -73,8 +73,10 @@ UPPER_TEETH_MM = np.array(
     ]
 )
 FIRST_MOLAR, THIRD_MOLAR = 5, 7
-_CROWN_ABOVE_CREST_MM = 1.5  # enamel-cement junction above the alveolar crest
+CROWN_ABOVE_CREST_MM = 1.5  # enamel-cement junction above the alveolar crest
 _OVERJET_MM = 1.5
+# more would reach the canal of a low mandible body; the crest heights of the bank shapes are not known per subject
+MAX_RIDGE_RESORPTION_MM = 6.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,11 @@ class AnatomyOptions:
     subject. CBCT studies of healthy joints measure mean anterior, superior and posterior joint spaces of about 1.3,
     2.5 and 2.1 mm (Ikeda and Kawamura, Am J Orthod Dentofacial Orthop 2009; 135:495-501); elsewhere muscle lies
     between the two bones. ``(0, 0)`` lets the two labels touch, as the phantoms did before version 0.10.0.
+    ``ridge_resorption_mm``: largest loss of alveolar crest height at a healed extraction site (each missing tooth
+    draws its own, 0.5 to 1 times this); 0 keeps the full crest under a gap, as the phantoms did before generator
+    revision 3. Extraction sockets heal with about 1.2 mm of vertical and 3.8 mm of horizontal bone loss within six
+    months (Tan et al., Clin Oral Implants Res 2012; 23 Suppl 5:1-21), and the ridge keeps resorbing over the years
+    that a gap stays unrestored.
     """
 
     shape_split: str = "training"
@@ -101,6 +108,7 @@ class AnatomyOptions:
     scale_range: tuple[float, float] = (0.93, 1.07)
     mirror_probability: float = 0.5
     joint_space_mm: tuple[float, float] = (1.0, 3.0)
+    ridge_resorption_mm: float = 3.0
     bank_dir: Path = BANK_DIR
 
     def __post_init__(self) -> None:
@@ -112,6 +120,10 @@ class AnatomyOptions:
         for name in ("pose_degrees", "shift_mm", "deformation_mm"):
             if not 0.0 <= getattr(self, name) < 45.0:
                 raise ValueError(f"{name} must be within [0, 45), got {getattr(self, name)}")
+        if not 0.0 <= self.ridge_resorption_mm <= MAX_RIDGE_RESORPTION_MM:
+            raise ValueError(
+                f"ridge_resorption_mm must be within [0, {MAX_RIDGE_RESORPTION_MM}], got {self.ridge_resorption_mm}"
+            )
         low, high = self.scale_range
         if not 0.5 <= low <= high <= 2.0:
             raise ValueError(f"scale_range must satisfy 0.5 <= low <= high <= 2, got {self.scale_range}")
@@ -216,6 +228,7 @@ class JawSubject:
     landmarks: MandibleLandmarks
     teeth: tuple[Tooth, ...]
     missing_teeth: tuple[int, ...]  # indices into ``teeth`` of teeth this subject lacks
+    ridge_loss_mm: tuple[float, ...]  # crest height lost at each missing tooth's healed socket
     canal: tuple[Solid, ...]
     skull_solids: tuple[Solid, ...]
     skull_cavities: tuple[Solid, ...]
@@ -274,6 +287,11 @@ def sample_subject(seed: int, options: AnatomyOptions | None = None) -> JawSubje
         landmarks=landmarks,
         teeth=teeth,
         missing_teeth=missing,
+        # its own stream too: sets made without resorption keep every other draw
+        ridge_loss_mm=tuple(
+            float(loss) * options.ridge_resorption_mm
+            for loss in np.random.default_rng([seed, 3]).uniform(0.5, 1.0, size=len(missing))
+        ),
         canal=_canal(landmarks),
         skull_solids=solids,
         skull_cavities=cavities,
@@ -323,7 +341,7 @@ def _place_teeth(rng: np.random.Generator, landmarks: MandibleLandmarks) -> tupl
                 label=LOWER_TEETH,
                 position=position,
                 side=side,
-                cervical=np.array([*point, crest + _CROWN_ABOVE_CREST_MM]),
+                cervical=np.array([*point, crest + CROWN_ABOVE_CREST_MM]),
                 axis=np.array([0.0, 0.0, -1.0]),
                 tangent=np.array([*tangent, 0.0]),
                 normal=np.array([*normal, 0.0]),
@@ -396,17 +414,24 @@ def _sample_skull(
     cavities: list[Solid] = []
     inner: list[Solid] = []
 
-    # alveolar process: a ridge along the upper arch around the roots, and a sleeve around each root
+    # alveolar process: a ridge along the upper arch around the roots, and a sleeve around each root, both cut flat
+    # at the crest of the nearest tooth, so that the crowns stand free of bone as the lower ones do
     s_end = [end + 6.0 for end in landmarks.teeth_end]
     s_values = np.linspace(-s_end[0], s_end[1], 40)
     points, _, normals = landmarks.at(s_values)
     ridge = points + normals * _OVERJET_MM
+    necks = np.array([t.cervical for t in upper])
     for height, radius in ((9.0, 5.0), (15.0, 6.5)):
         chain = np.column_stack([ridge, np.full(len(ridge), z0 + height)])
-        solids += [Solid(Capsule(tuple(a), tuple(b), radius)) for a, b in zip(chain[:-1], chain[1:])]
+        for a, b in zip(chain[:-1], chain[1:]):
+            nearest = int(np.argmin(np.linalg.norm(necks[:, :2] - 0.5 * (a + b)[:2], axis=1)))
+            crest = float(necks[nearest, 2]) + CROWN_ABOVE_CREST_MM
+            solids.append(Solid(Capsule(tuple(a), tuple(b), radius), keep=((2, crest, 1),)))
     for tooth in upper:
         top = tooth.cervical + (tooth.root_length + 2.0) * tooth.axis
-        solids.append(Solid(Capsule(tuple(tooth.cervical + 1.0 * tooth.axis), tuple(top), 0.5 * tooth.depth + 1.5)))
+        crest = float(tooth.cervical[2]) + CROWN_ABOVE_CREST_MM
+        sleeve = Capsule(tuple(tooth.cervical), tuple(top), 0.5 * tooth.depth + 1.5)
+        solids.append(Solid(sleeve, keep=((2, crest, 1),)))
     # hard palate: a plate vaulting inside the arch
     palate_y = 0.5 * (incisor_y - 6.0 + tuberosity_y)
     palate_radii = (molar_half_width - 2.0, 0.5 * (incisor_y - 6.0 - tuberosity_y), 2.2)

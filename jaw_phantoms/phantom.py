@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -10,6 +11,7 @@ from scipy import ndimage
 
 from jaw_phantoms.anatomy import (
     CANAL,
+    CROWN_ABOVE_CREST_MM,
     LOWER_TEETH,
     MANDIBLE,
     OTHER,
@@ -25,6 +27,7 @@ from jaw_phantoms.shape_bank import SURFACE_LEVEL
 
 _CANAL_INSIDE_LEVEL = 240  # occupancy the canal keeps to: inside the bone, off its cortex
 _CORTEX_LEVEL = 250  # bone with a lower occupancy lies within about 1 mm of the surface
+_RIDGE_SHOULDER = 1.5  # a resorbing ridge loses this many times its central height at its buccal and lingual edges
 # CBCT intensities (HU-like)
 _HU_AIR, _HU_SOFT, _HU_MUSCLE = -1000.0, 30.0, 60.0
 _HU_SKULL, _HU_MANDIBLE, _HU_CORTEX = 950.0, 1050.0, 1400.0
@@ -132,6 +135,8 @@ def render(
     has_tooth = tooth_ids >= 0
     teeth_labels = np.array([t.label for t in subject.teeth], dtype=np.int16)
     labels[has_tooth] = teeth_labels[tooth_ids[has_tooth]]
+    for bone, lost in _ridge_losses(subject, grid).items():
+        labels[lost & (labels == bone)] = OTHER
     _open_joint_space(labels, spacing_mm, subject.joint_space_mm)
     labels[~np.broadcast_to(grid.in_cylinder, grid.shape)] = OTHER
     return labels, tooth_ids, crown, occupancy, grid
@@ -152,15 +157,54 @@ def _paint_teeth(subject: JawSubject, grid: Grid, indices: set[int]) -> tuple[np
     return tooth_ids, crown
 
 
+def _ridge_losses(subject: JawSubject, grid: Grid) -> dict[int, np.ndarray]:
+    """Where the alveolar crest has resorbed under the missing teeth (``subject.ridge_loss_mm``), per bone label
+    (mandible under a lower tooth, upper skull under an upper one): bool (X, Y, Z) masks of a saddle that is deepest
+    at the gap's centre and tapers to the neighbouring teeth, with rounded buccal and lingual shoulders (the ridge
+    narrows as it lowers). Zones reach 3 mm above the crest, because the bank's crest is not flat."""
+    losses: dict[int, np.ndarray] = {}
+    for index, loss_mm in zip(subject.missing_teeth, subject.ridge_loss_mm):
+        if loss_mm <= 0.0:
+            continue
+        tooth = subject.teeth[index]
+        crest = tooth.cervical + CROWN_ABOVE_CREST_MM * tooth.axis
+        half_length, half_width = 0.5 * tooth.width + 1.0, 0.5 * tooth.depth + 2.0
+        corners = [
+            crest + a * half_length * tooth.tangent + b * half_width * tooth.normal + c * tooth.axis
+            for a in (-1, 1)
+            for b in (-1, 1)
+            for c in (-3.0, _RIDGE_SHOULDER * loss_mm)
+        ]
+        box = grid.box(np.min(corners, axis=0), np.max(corners, axis=0))
+        if box is None:
+            continue
+        offset = grid.points[box] - crest.astype(np.float32)
+        along = np.clip(offset @ tooth.tangent.astype(np.float32) / np.float32(half_length), -1.0, 1.0)
+        across = offset @ tooth.normal.astype(np.float32) / np.float32(half_width)
+        height = offset @ tooth.axis.astype(np.float32)  # into the jaw
+        depth = np.float32(loss_mm) * np.cos(np.float32(np.pi / 2) * along) ** 2
+        depth *= 1.0 + np.float32(_RIDGE_SHOULDER - 1.0) * across**2
+        bone = MANDIBLE if tooth.label == LOWER_TEETH else UPPER_SKULL
+        lost = losses.setdefault(bone, np.zeros(grid.shape, dtype=bool))
+        lost[box] |= (np.abs(across) <= 1.0) & (height >= -3.0) & (height < depth)
+    return losses
+
+
 def tooth_gaps(subject: JawSubject, spacing: float | Sequence[float] = 1.0, axcodes: str = "RAS") -> np.ndarray:
     """Bool (X, Y, Z) mask of where the crowns of the teeth that ``subject`` lacks (``missing_teeth``) would stand, on
     the grid that :func:`render` gives for the same ``spacing`` and ``axcodes`` (inside the field of view): the empty
-    space a missing tooth leaves above the alveolar crest, which is healthy anatomy. (The root's place is left out:
-    :func:`render` keeps the mandible there, a healed socket.)"""
+    space a missing tooth leaves above the alveolar crest, which is healthy anatomy, and the bone that the crest's
+    resorption took beneath it (``subject.ridge_loss_mm``). (The root's place is left out: :func:`render` keeps the
+    jaw's bone there, a healed socket.)"""
     spacing_mm = np.broadcast_to(np.asarray(spacing, dtype=float), (3,)).copy()
     grid = Grid(subject, spacing_mm, axcodes)
-    _, crowns = _paint_teeth(subject, grid, set(subject.missing_teeth))
-    return crowns & np.broadcast_to(grid.in_cylinder, grid.shape)
+    _, gaps = _paint_teeth(subject, grid, set(subject.missing_teeth))
+    losses = _ridge_losses(subject, grid)
+    if losses:
+        intact, *_ = render(dataclasses.replace(subject, ridge_loss_mm=()), spacing_mm, axcodes)
+        for bone, lost in losses.items():
+            gaps |= lost & (intact == bone)
+    return gaps & np.broadcast_to(grid.in_cylinder, grid.shape)
 
 
 def _open_joint_space(labels: np.ndarray, spacing: np.ndarray, joint_space_mm: float) -> None:
@@ -189,6 +233,16 @@ def empty_space_to_lower_jaw_mm(labels: np.ndarray, spacing: np.ndarray) -> floa
         return float("nan")
     to_jaw = ndimage.distance_transform_edt(~np.isin(labels, (MANDIBLE, LOWER_TEETH, CANAL)), sampling=spacing)
     return float(to_jaw[skull].min() - np.mean(spacing))
+
+
+def crown_surface_on_bone(labels: np.ndarray, crown: np.ndarray, teeth: int, bone: int) -> float:
+    """Fraction of the surface voxels of the crowns (``crown`` mask of :func:`render`) of label ``teeth`` that touch
+    label ``bone`` (6-neighbourhood): 0 for crowns that stand free above their crest, NaN without such crowns."""
+    crowns = crown & (labels == teeth)
+    surface = crowns & ~ndimage.binary_erosion(crowns)
+    if not surface.any():
+        return float("nan")
+    return float((surface & ndimage.binary_dilation(labels == bone)).sum() / surface.sum())
 
 
 def synthesise_cbct(

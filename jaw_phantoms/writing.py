@@ -60,12 +60,20 @@ SEGMENTATION_ERRORS_KEY = "segmentation_errors"
 # AnatomyOptions fields a set may override (recorded under ANATOMY_OPTIONS_KEY only when it does, so that its subjects
 # can be drawn again): how often teeth are missing, and how far the pose and shape of a subject vary
 ANATOMY_OPTIONS_KEY = "anatomy_options"
-ANATOMY_OVERRIDES = ("missing_teeth_probability", "mirror_probability", "pose_degrees", "shift_mm", "deformation_mm")
+ANATOMY_OVERRIDES = (
+    "missing_teeth_probability",
+    "mirror_probability",
+    "pose_degrees",
+    "shift_mm",
+    "deformation_mm",
+    "ridge_resorption_mm",
+)
 # what a seed draws, per style: raised whenever the same seed and options give another phantom, so that sets made
 # before are known to be stale. A datalist without the key is of revision 1; real_mandible 2: the joint space
-# between the lower jaw and the upper skull.
+# between the lower jaw and the upper skull; 3: upper crowns free of the alveolar bone, and resorbed crests under the
+# gaps of missing teeth.
 GENERATOR_REVISION_KEY = "generator_revision"
-GENERATOR_REVISIONS = {"real_mandible": 2, "parametric": 1}
+GENERATOR_REVISIONS = {"real_mandible": 3, "parametric": 1}
 PREVIEW_NAME = "preview.png"
 ANISOTROPIC_FACTORS = (0.8, 0.8, 1.2)
 _PREVIEW_SUBJECTS = 4

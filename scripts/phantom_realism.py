@@ -1,6 +1,6 @@
 """Measure phantoms against the real anatomy: per-label volume, extent and components, mandible thickness, teeth
-and canal, for phantoms on the real mandible bank, for the parametric (0.2) phantoms and for the bank's own shapes;
-draw their sum projections at 2 mm (the view of ../shared/real_anatomy.md).
+(count, crowns free of bone) and canal, for phantoms on the real mandible bank, for the parametric (0.2) phantoms and
+for the bank's own shapes; draw their sum projections at 2 mm (the view of ../shared/real_anatomy.md).
 
     python scripts/phantom_realism.py --count 8 --markdown docs/phantom_realism.md \\
         --figure docs/figures/phantom_projections.png --segmentation_errors mandible_thinning_mm=1.0
@@ -24,8 +24,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundle.atomic_files import write_text_atomically  # noqa: E402
 from jaw_phantoms import parametric  # noqa: E402
-from jaw_phantoms.anatomy import CANAL, LOWER_TEETH, MANDIBLE, UPPER_SKULL, UPPER_TEETH, AnatomyOptions  # noqa: E402
-from jaw_phantoms.phantom import empty_space_to_lower_jaw_mm, make_phantom  # noqa: E402
+from jaw_phantoms.anatomy import (  # noqa: E402
+    CANAL,
+    LOWER_TEETH,
+    MANDIBLE,
+    UPPER_SKULL,
+    UPPER_TEETH,
+    AnatomyOptions,
+    JawSubject,
+    sample_subject,
+)
+from jaw_phantoms.phantom import crown_surface_on_bone, empty_space_to_lower_jaw_mm, make_phantom, render  # noqa: E402
 from jaw_phantoms.segmentation_errors import SegmentationErrors, apply_segmentation_errors  # noqa: E402
 from jaw_phantoms.shape_bank import SURFACE_LEVEL, bank_entries, load_shape, measure_landmarks  # noqa: E402
 
@@ -106,9 +115,9 @@ def bank_figures() -> dict:
     }
 
 
-def canal_length_mm(phantom) -> float:
+def canal_length_mm(subject: JawSubject) -> float:
     """Length of both canals along the generator's own path (the capsule chain), in the shape frame."""
-    return float(sum(np.linalg.norm(np.subtract(c.shape.end, c.shape.start)) for c in phantom.subject.canal))
+    return float(sum(np.linalg.norm(np.subtract(c.shape.end, c.shape.start)) for c in subject.canal))
 
 
 def projections(phantoms: list[tuple[str, np.ndarray, np.ndarray]], path: Path) -> None:
@@ -163,19 +172,26 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"phantom_realism: error: {error}", file=sys.stderr)
         return 2
-    new, old, with_errors, teeth, canal, shown = [], [], [], [], [], []
+    new, old, with_errors, teeth, canal, crowns_on_bone, shown = [], [], [], [], [], [], []
     for seed in range(args.count):
-        phantom = make_phantom(seed, SPACING_MM, options=AnatomyOptions(field_of_view="face"), with_cbct=False)
-        new.append(measure(phantom.labels, phantom.affine))
+        subject = sample_subject(seed, AnatomyOptions(field_of_view="face"))
+        labels, _, crown, _, grid = render(subject, SPACING_MM)
+        new.append(measure(labels, grid.affine))
         if errors.changes_labels:
-            erroneous = apply_segmentation_errors(phantom.labels, phantom.spacing, errors, seed)
-            with_errors.append(measure(erroneous, phantom.affine))
-        teeth.append(len(phantom.subject.present_teeth))
-        canal.append(canal_length_mm(phantom))
+            erroneous = apply_segmentation_errors(labels, np.full(3, SPACING_MM), errors, seed)
+            with_errors.append(measure(erroneous, grid.affine))
+        teeth.append(len(subject.present_teeth))
+        canal.append(canal_length_mm(subject))
+        crowns_on_bone.append(
+            [
+                crown_surface_on_bone(labels, crown, t, b)
+                for t, b in ((UPPER_TEETH, UPPER_SKULL), (LOWER_TEETH, MANDIBLE))
+            ]
+        )
         legacy = parametric.make_phantom(seed, SPACING_MM, with_cbct=False)
         old.append(measure(legacy.labels, legacy.affine))
         if seed < 3:
-            shown.append((f"bank phantom, seed {seed} ({phantom.subject.shape.case})", phantom.labels, phantom.affine))
+            shown.append((f"bank phantom, seed {seed} ({subject.shape.case})", labels, grid.affine))
     for fov in ("lower_jaw", "jaws"):
         phantom = make_phantom(3, SPACING_MM, options=AnatomyOptions(field_of_view=fov), with_cbct=False)
         shown.append((f"bank phantom, seed 3, field of view {fov}", phantom.labels, phantom.affine))
@@ -217,6 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     lines.append(row("teeth", "teeth per subject (generator)", "", [f"{min(teeth)}-{max(teeth)}"] + blanks))
     lines.append(
         row("canal", "length of both canals (mm, generator path)", "", [f"{min(canal):.0f}-{max(canal):.0f}"] + blanks)
+    )
+    upper, lower = (100.0 * np.array(crowns_on_bone)).T
+    lines.append(
+        row(
+            "teeth",
+            "crown surface on alveolar bone, upper / lower (%, generator crowns)",
+            "",
+            [f"{upper.min():.0f}-{upper.max():.0f} / {lower.min():.0f}-{lower.max():.0f}"] + blanks,
+        )
     )
     lines += [
         "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -11,6 +12,7 @@ from scipy import ndimage
 
 from jaw_phantoms.anatomy import (
     CANAL,
+    CROWN_ABOVE_CREST_MM,
     LOWER_TEETH,
     MANDIBLE,
     UPPER_SKULL,
@@ -19,7 +21,13 @@ from jaw_phantoms.anatomy import (
     sample_subject,
 )
 from jaw_phantoms.lesions import ONJ_VOLUME_ML, sample_lesion
-from jaw_phantoms.phantom import empty_space_to_lower_jaw_mm, make_phantom
+from jaw_phantoms.phantom import (
+    crown_surface_on_bone,
+    empty_space_to_lower_jaw_mm,
+    make_phantom,
+    render,
+    tooth_gaps,
+)
 from jaw_phantoms.shape_bank import BANK_DIR, BANK_INDEX, bank_entries, load_shape, measure_landmarks
 
 HELD_OUT = AnatomyOptions(shape_split="held_out", field_of_view="face")
@@ -110,6 +118,46 @@ def test_a_joint_space_keeps_the_lower_jaw_off_the_skull(face_phantom):
     assert np.all(near_jaw[changed])
     with pytest.raises(ValueError, match="joint_space_mm"):
         AnatomyOptions(joint_space_mm=(2.0, 1.0))
+
+
+def test_crowns_of_both_arches_stand_free_of_the_alveolar_bone():
+    # the alveolar crest lies about 1.5 mm above the enamel-cement junction; before generator revision 3 the upper
+    # alveolar process covered about 40 % of the upper crowns' surface
+    subject = sample_subject(11, AnatomyOptions(shape_split="held_out", missing_teeth_probability=0.0))
+    labels, _, crown, _, _ = render(subject, 1.0)
+    assert crown_surface_on_bone(labels, crown, UPPER_TEETH, UPPER_SKULL) < 0.15
+    assert crown_surface_on_bone(labels, crown, LOWER_TEETH, MANDIBLE) < 0.15
+    # while the roots stay in their bone (test_a_face_phantom_has_every_structure_in_place)
+
+
+def test_a_gap_resorbs_the_crest_beneath_it_and_nothing_else():
+    options = AnatomyOptions(shape_split="held_out", missing_teeth_probability=1.0, ridge_resorption_mm=4.0)
+    subject = sample_subject(7, options)
+    assert subject.missing_teeth and len(subject.ridge_loss_mm) == len(subject.missing_teeth)
+    assert all(2.0 <= loss <= 4.0 for loss in subject.ridge_loss_mm)
+    resorbed, *_, grid = render(subject, 1.0)
+    intact, *_ = render(dataclasses.replace(subject, ridge_loss_mm=()), 1.0)
+    lost = resorbed != intact
+    # only bone of the jaws went, and all of it within the gaps the missing teeth leave
+    assert lost.sum() > 50 and set(np.unique(intact[lost])) <= {MANDIBLE, UPPER_SKULL}
+    assert np.all(resorbed[lost] == 0)
+    assert tooth_gaps(subject, 1.0)[lost].all()
+    # at each gap's centre the crest went down by its loss (within a voxel), and nowhere deeper than the shoulders
+    points = grid.points[lost]
+    for index, loss in zip(subject.missing_teeth, subject.ridge_loss_mm):
+        tooth = subject.teeth[index]
+        offset = points - (tooth.cervical + CROWN_ABOVE_CREST_MM * tooth.axis)
+        centre = (np.abs(offset @ tooth.tangent) < 1.0) & (np.abs(offset @ tooth.normal) < 1.0)
+        depth = offset @ tooth.axis
+        assert depth[centre].max() == pytest.approx(loss, abs=1.0)
+        assert depth[np.abs(offset @ tooth.tangent) < 0.5 * tooth.width + 1.0].max() <= 1.5 * loss + 1.0
+    # no loss keeps the whole crest, as before generator revision 3
+    kept = sample_subject(7, dataclasses.replace(options, ridge_resorption_mm=0.0))
+    assert kept.missing_teeth == subject.missing_teeth and not any(kept.ridge_loss_mm)
+    np.testing.assert_array_equal(render(kept, 1.0)[0], intact)
+    for bad in (-1.0, 7.0):
+        with pytest.raises(ValueError, match="ridge_resorption_mm"):
+            AnatomyOptions(ridge_resorption_mm=bad)
 
 
 def test_fields_of_view_go_from_the_lower_jaw_to_the_face():

@@ -43,7 +43,7 @@ def tiny_set(tmp_path_factory) -> Path:
 def test_datalist_has_the_three_splits_and_relative_paths(tiny_set):
     datalist = json.loads((tiny_set / "datalist.json").read_text())
     assert list(datalist) == ["training", "validation", "test", GENERATOR_REVISION_KEY]
-    assert datalist[GENERATOR_REVISION_KEY] == GENERATOR_REVISIONS["real_mandible"] == 2
+    assert datalist[GENERATOR_REVISION_KEY] == GENERATOR_REVISIONS["real_mandible"] == 3
     splits = [datalist[key] for key in ("training", "validation", "test")]
     assert [len(entries) for entries in splits] == [1, 1, 2]
     assert all(

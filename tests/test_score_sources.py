@@ -44,12 +44,12 @@ def test_counts_scored_voxels_by_nearest_tissue_lesion_and_gap():
     assert none["score"] == 0 and none["in_lesion"] is None and none["median_distance_to_tissue_mm"] is None
 
 
-def test_tooth_gaps_are_the_empty_crowns_of_the_missing_teeth():
+def test_tooth_gaps_are_the_empty_crowns_and_resorbed_crests_of_the_missing_teeth():
     subject = sample_subject(SEED_MISSING_TEETH, HELD_OUT)
     assert subject.missing_teeth
     gap = tooth_gaps(subject, 1.0)
     labels, *_ = render(subject, 1.0)
-    with_all_teeth, *_ = render(dataclasses.replace(subject, missing_teeth=()), 1.0)
+    with_all_teeth, *_ = render(dataclasses.replace(subject, missing_teeth=(), ridge_loss_mm=()), 1.0)
     added = with_all_teeth != labels
     assert gap.shape == labels.shape and gap.sum() > 100
     assert (labels[gap] == 0).mean() > 0.99  # the space the crowns leave is empty in the subject

@@ -269,11 +269,18 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: --grid names {unknown} are not inference.json parameters", file=sys.stderr)
         return 2
+    cases = load_cases(parser)
+    if not any(map(has_lesion, cases)):
+        print(
+            f"error: datalist {opts.datalist}: no case with a lesion; the settings are chosen by the Dice on lesion "
+            "cases (for a healthy-only set run the configs/evaluate.json overlay, or scripts/score_sources.py)",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"{len(cases)} cases, {sum(map(has_lesion, cases))} with a lesion")
     device = parser.get_parsed_content("device")
     network = load_network(parser)
     inferer = parser.get_parsed_content("inferer")
-    cases = load_cases(parser)
-    print(f"{len(cases)} cases, {sum(map(has_lesion, cases))} with a lesion")
 
     results: dict = {
         "datalist": opts.datalist,

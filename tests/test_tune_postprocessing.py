@@ -115,3 +115,19 @@ def test_refuses_a_lesion_and_healthy_set_that_shares_subjects_with_the_held_out
     error = capsys.readouterr().err
     assert f"{datalist}: 1 subject(s) are subjects of the held-out evaluation sets" in error
     assert entries["test"][1]["image"] in error and not (tmp_path / "tuning.json").exists()
+
+
+def test_refuses_a_set_without_lesions(lesion_and_healthy_set, tiny_weights, tmp_path, capsys):
+    entries = json.loads(lesion_and_healthy_set.read_text())
+    folder = lesion_and_healthy_set.parent
+    entries["test"] = [
+        {key: str(folder / value) if (folder / str(value)).is_file() else value for key, value in entry.items()}
+        for entry in entries["test"]
+        if entry["lesion"] == "none"
+    ]
+    datalist = tmp_path / "healthy_only.json"
+    datalist.write_text(json.dumps(entries))
+    output = tmp_path / "tuning.json"
+    argv = [str(datalist), "--checkpoint", str(tiny_weights), "--overlaps", "0.0", "--json", str(output)]
+    assert tune_postprocessing.main(argv) == 2
+    assert f"{datalist}: no case with a lesion" in capsys.readouterr().err and not output.exists()

@@ -192,6 +192,7 @@ def test_a_set_can_give_every_subject_tooth_gaps_and_records_it(tmp_path):
     assert make_phantoms.ANATOMY_OPTIONS_KEY not in json.loads(default.read_text())
     for style, overrides, message in [
         ("real_mandible", {"missing_teeth_probability": 1.5}, "missing_teeth_probability must be within"),
+        ("real_mandible", {"ridge_resorption_mm": 9}, "ridge_resorption_mm must be within"),
         ("real_mandible", {"shape_split": 0}, "cannot be overridden"),
         ("parametric", {"pose_degrees": 0}, "only"),
     ]:

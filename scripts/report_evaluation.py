@@ -43,6 +43,8 @@ RUN_NAMES = (
     "native_05mm",
     "segmentation_errors",
     "segmentation_errors_label_map_only",
+    "missing_teeth",
+    "missing_teeth_label_map_only",
     "parametric",
     "parametric_search_region_off",
     "mirror",
@@ -484,6 +486,16 @@ def render_results(runs: dict[str, dict], command: str, timing: dict | None) -> 
             "anatomy and lesions, rendered at the real maps' resolution, or with a mandible 1 mm thinner (towards the "
             "real map's thickness) and an automatic segmenter's kinds of error in the label map (stress levels, not "
             "measured error rates; docs/phantoms.md). Truth, CBCT and intact maps are those of the exact phantoms.",
+            "",
+        ]
+    if "missing_teeth" in runs:
+        lines += [
+            "The missing-teeth runs take the held-out subjects' seeds again with 1-3 premolars or molars missing in "
+            "every subject, lesion subjects included (a quarter of the default run's subjects lack teeth): a healed "
+            "socket leaves an empty crown space over a resorbed crest, which a label map cannot tell from bone lost "
+            "to a small alveolar lesion. The subjects keep their mandible shapes and teeth, but the "
+            "missing-teeth draw takes random numbers that the skull, field of view and pose drew before, so these "
+            "differ for most subjects.",
             "",
         ]
     if "vqvae" in runs:

@@ -46,6 +46,7 @@ import numpy as np
 
 from jaw_phantoms.segmentation_errors import SegmentationErrors
 from jaw_phantoms.writing import (
+    ANATOMY_OPTIONS_KEY,
     DATALIST_NAME,
     GENERATOR_REVISION_KEY,
     GENERATOR_REVISIONS,
@@ -63,7 +64,8 @@ CONFIGS = "['configs/inference.json','configs/evaluate.json']"
 class PhantomSet:
     """A held-out phantom set: ``scripts/make_phantoms.py <folder> --train_subjects 0 --val_subjects 0
     --test_subjects <subjects> --lesion_fraction 0.5 --seed <seed> --style <style> --spacing <spacing>
-    [--lesion_kinds ...] [--segmentation_errors ...]``."""
+    [--lesion_kinds ...] [--segmentation_errors ...] [--anatomy name=value ...]``; ``anatomy``: the
+    ``AnatomyOptions`` overrides as ``(name, value)`` pairs (a tuple, so that the set stays hashable)."""
 
     folder: str
     subjects: int
@@ -72,6 +74,7 @@ class PhantomSet:
     lesion_kinds: tuple[str, ...] | None = None
     spacing: float = 1.0
     segmentation_errors: SegmentationErrors = SegmentationErrors()
+    anatomy: tuple[tuple[str, float], ...] = ()
 
     def datalist(self, root: Path) -> Path:
         return root / self.folder / DATALIST_NAME
@@ -105,6 +108,8 @@ class PhantomSet:
         errors = asdict(self.segmentation_errors) if self.segmentation_errors.changes_labels else None
         if _as_recorded(datalist.get(SEGMENTATION_ERRORS_KEY)) != errors:
             return False
+        if datalist.get(ANATOMY_OPTIONS_KEY) != (dict(self.anatomy) or None):
+            return False
         plans = plan_cases(**self.plan())
         expected = [(plan.seed, plan.lesion, plan.lesion != "none") for plan in plans]
         if [(entry.get("seed"), entry.get("lesion"), "intact" in entry) for entry in entries] != expected:
@@ -120,6 +125,7 @@ class PhantomSet:
             root / self.folder,
             **self.plan(),
             segmentation_errors=self.segmentation_errors,
+            anatomy_overrides=dict(self.anatomy),
             preview=False,
             overwrite=True,
         )
@@ -150,6 +156,15 @@ EVALUATION_SET_ERRORS = PhantomSet(
     777,
     lesion_kinds=EVALUATION_SET.lesion_kinds,
     segmentation_errors=SEGMENTATION_ERRORS,
+)
+# ... and with 1-3 teeth missing in every subject, healthy or not (healed sockets over resorbed crests), as jaws
+# of the age of ONJ patients often are; the generator's default gives a quarter of the subjects gaps
+EVALUATION_SET_MISSING_TEETH = PhantomSet(
+    "data/phantoms_eval_missing_teeth",
+    44,
+    777,
+    lesion_kinds=EVALUATION_SET.lesion_kinds,
+    anatomy=(("missing_teeth_probability", 1.0),),
 )
 TUNING_SET = PhantomSet("data/phantoms_tune40", 40, 555)
 
@@ -197,6 +212,17 @@ RUNS = (
         "segmentation_errors_label_map_only",
         "held-out shapes with the same segmentation errors, label map only",
         EVALUATION_SET_ERRORS,
+        LABEL_MAP_ONLY,
+    ),
+    Run(
+        "missing_teeth",
+        "held-out shapes, 1-3 teeth missing in every subject (healed sockets over resorbed crests)",
+        EVALUATION_SET_MISSING_TEETH,
+    ),
+    Run(
+        "missing_teeth_label_map_only",
+        "held-out shapes, 1-3 teeth missing in every subject, label map only",
+        EVALUATION_SET_MISSING_TEETH,
         LABEL_MAP_ONLY,
     ),
     Run("parametric", "parametric (0.2) phantoms, search region on", PARAMETRIC_SET),

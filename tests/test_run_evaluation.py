@@ -12,7 +12,8 @@ import torch
 from monai.bundle import ConfigParser
 
 from jaw_phantoms.segmentation_errors import SegmentationErrors
-from jaw_phantoms.writing import GENERATOR_REVISION_KEY, plan_cases
+from jaw_phantoms.anatomy import sample_subject
+from jaw_phantoms.writing import ANATOMY_OPTIONS_KEY, GENERATOR_REVISION_KEY, anatomy_options, plan_cases
 from scripts.run_evaluation import (
     EVALUATION_SET,
     PARAMETRIC_SET,
@@ -81,6 +82,8 @@ def test_sets_differing_only_in_spacing_or_segmentation_errors_are_told_apart(tm
     assert not PhantomSet("set", 2, 5, lesion_kinds=("onj",), spacing=1.5, segmentation_errors=errors).is_current(
         tmp_path
     )
+    gaps = PhantomSet("set", 2, 5, lesion_kinds=("onj",), spacing=2.0, anatomy=(("missing_teeth_probability", 1.0),))
+    assert not gaps.is_current(tmp_path)
     # the same subjects as the set without errors, with the same files beside the label maps
     exact = PhantomSet("exact", 2, 5, lesion_kinds=("onj",), spacing=2.0)
     exact.make(tmp_path)
@@ -92,7 +95,7 @@ def test_sets_differing_only_in_spacing_or_segmentation_errors_are_told_apart(tm
 
 def test_the_extra_held_out_runs_take_the_evaluation_subjects_under_other_input_conditions():
     runs = {run.name: run.phantoms for run in RUNS}
-    for name in ("native_05mm", "segmentation_errors"):
+    for name in ("native_05mm", "segmentation_errors", "missing_teeth"):
         phantoms = runs[name]
         assert (phantoms.subjects, phantoms.seed, phantoms.lesion_kinds) == (
             EVALUATION_SET.subjects,
@@ -102,6 +105,19 @@ def test_the_extra_held_out_runs_take_the_evaluation_subjects_under_other_input_
         assert phantoms.folder != EVALUATION_SET.folder
     assert runs["native_05mm"].spacing == 0.5 and not runs["native_05mm"].segmentation_errors.changes_labels
     assert runs["segmentation_errors"].spacing == 1.0 and runs["segmentation_errors"].segmentation_errors.changes_labels
+    assert runs["missing_teeth"].anatomy == (("missing_teeth_probability", 1.0),)
+    assert runs["missing_teeth_label_map_only"] == runs["missing_teeth"]
+
+
+def test_a_set_with_anatomy_overrides_records_them_and_its_subjects_lack_teeth(tmp_path):
+    gaps = PhantomSet("gaps", 2, 5, lesion_kinds=("onj",), spacing=2.0, anatomy=(("missing_teeth_probability", 1.0),))
+    gaps.make(tmp_path)
+    assert gaps.is_current(tmp_path)
+    assert not PhantomSet("gaps", 2, 5, lesion_kinds=("onj",), spacing=2.0).is_current(tmp_path)
+    datalist = json.loads(gaps.datalist(tmp_path).read_text())
+    assert datalist[ANATOMY_OPTIONS_KEY] == {"missing_teeth_probability": 1.0}
+    options = anatomy_options("test", datalist[ANATOMY_OPTIONS_KEY])
+    assert all(sample_subject(entry["seed"], options).missing_teeth for entry in datalist["test"])
 
 
 def test_the_tuning_set_shares_no_subject_with_the_held_out_sets():

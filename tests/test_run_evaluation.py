@@ -11,8 +11,8 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from jaw_phantoms.segmentation_errors import SegmentationErrors
 from jaw_phantoms.anatomy import sample_subject
+from jaw_phantoms.segmentation_errors import SegmentationErrors
 from jaw_phantoms.writing import ANATOMY_OPTIONS_KEY, GENERATOR_REVISION_KEY, anatomy_options, plan_cases
 from scripts.run_evaluation import (
     EVALUATION_SET,

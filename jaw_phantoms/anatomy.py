@@ -91,7 +91,7 @@ class AnatomyOptions:
     ``joint_space_mm``: range of the narrowest empty space between the lower jaw and the upper skull, drawn per
     subject. CBCT studies of healthy joints measure mean anterior, superior and posterior joint spaces of about 1.3,
     2.5 and 2.1 mm (Ikeda and Kawamura, Am J Orthod Dentofacial Orthop 2009; 135:495-501); elsewhere muscle lies
-    between the two bones. ``(0, 0)`` lets the two labels touch, as the phantoms did before version 0.10.0.
+    between the two bones. ``(0, 0)`` lets the two labels touch, as the phantoms of generator revision 1 did.
     ``ridge_resorption_mm``: largest loss of alveolar crest height at a healed extraction site (each missing tooth
     draws its own, 0.5 to 1 times this); 0 keeps the full crest under a gap, as the phantoms did before generator
     revision 3. Extraction sockets heal with about 1.2 mm of vertical and 3.8 mm of horizontal bone loss within six

@@ -7,15 +7,15 @@ Every run is ``python -m monai.bundle run`` of the evaluation overlay (``configs
 
 1. the phantom sets, made when missing or not current (``PhantomSet.is_current``), with fixed seeds: the evaluation
    set on held-out mandible shapes with lesions at every site (``data/phantoms_eval``), the same count of version-0.2
-   parametric phantoms (``data/phantoms_eval_parametric``), the evaluation set's subjects at 0.5 mm and with
-   segmentation errors in their label maps, and the tuning set of the post-processing defaults
-   (``data/phantoms_tune40``);
+   parametric phantoms (``data/phantoms_eval_parametric``), the evaluation set's subjects at 0.5 mm, with
+   segmentation errors in their label maps and with 1-3 teeth missing in every subject, and the tuning set of the
+   post-processing defaults (``data/phantoms_tune40``);
 2. ``validation``: the tuning set (never the evaluation set), whose ``metrics.json`` fixes both threshold rules of
    every map (``bundle.evaluation.read_fixed_thresholds``);
 3. the held-out runs with those thresholds (``RUNS``): the default configuration, the anatomical search region off,
    the label map alone (the CBCT left out, as a user without the raw scan runs the bundle), 0.5 mm, segmentation
-   errors with and without the CBCT, the first two again on the parametric phantoms; then left-right mirror
-   averaging (``mirror_axes``, off by default) on both sets;
+   errors and missing teeth each with and without the CBCT, the first two again on the parametric phantoms; then
+   left-right mirror averaging (``mirror_axes``, off by default) on both sets;
 4. ``vqvae``: the VQ-VAE baseline trained on the same data (paper section 5.1), when its packaged weights exist
    (``--vqvae_checkpoint``; docs/demo_weights.md says how they are made). Its thresholds would need its own
    validation run, so none are applied. Without the weights, ``--keep_vqvae`` reports the ``vqvae`` run of the
@@ -25,8 +25,8 @@ Every run is ``python -m monai.bundle run`` of the evaluation overlay (``configs
    ``configs/metadata.json#eval_metrics`` and the model card's performance block.
 
 Run folders go to ``runs/evaluation/<run>/`` and are replaced (``--reuse_runs`` keeps those that finished, to resume
-an interrupted evaluation). About 22 minutes on 2 CPU cores for the eleven runs of 40-44 subjects (the sets, when
-missing, take longer: the 0.5 mm set about 20 minutes).
+an interrupted evaluation). About 28 minutes on 2 CPU cores for the validation run and the twelve held-out runs of
+40-44 subjects (the sets, when missing, take longer: the 0.5 mm set about 20 minutes).
 """
 
 from __future__ import annotations
